@@ -1,0 +1,475 @@
+"""The rotation protocol for one target: clone -> persist -> verify -> promote -> (grace) -> revoke.
+
+Pure logic over two interfaces: the Funnelback client and the target's destinations. Every step
+checks its own effect first, so any step may run twice, and a run may stop at any instant (kill -9)
+and be resumed by the next one:
+
+- the journal (in the first destination) records the new token's *name* before the clone is asked
+  for, so a clone whose answer was lost leaves an orphan that the next run finds and revokes;
+- the new *value* is written to every destination's pending slot before anything else happens;
+- the previous token is scheduled for revocation (durably, in the journal) before any destination
+  is promoted, and revoked only once no destination serves it and its grace period has passed.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator, Sequence
+
+from rotator.backends.base import Destination, DestinationState, Payload
+from rotator.config import TargetSettings
+from rotator.errors import FunnelbackAuthError, FunnelbackError, LeaseLostError, RotationError, RotatorError
+from rotator.funnelback import FunnelbackClient, TokenInfo
+from rotator.journal import Journal, iso, parse_iso
+from rotator.lease import Lease, acquire_lease
+from rotator.logs import get_logger
+from rotator.naming import is_generation, next_generation
+from rotator.secret import Secret
+
+log = get_logger("rotator.rotation")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Outcome:
+    """What one run did for one target; printed by the CLI and counted by metrics."""
+
+    target: str
+    result: str                      # rotated | resumed | completed-elsewhere | revoked | not-due | dry-run | failed
+    ok: bool = True
+    new_token_name: str | None = None
+    revoked: list[str] = field(default_factory=list)
+    revocations_pending: list[tuple[str, datetime]] = field(default_factory=list)
+    error: str | None = None
+    duration: float = 0.0
+    plan: list[str] = field(default_factory=list)
+
+    @property
+    def rotated(self) -> bool:
+        return self.result in ("rotated", "resumed", "completed-elsewhere")
+
+
+@dataclass
+class Snapshot:
+    """Everything stored about a target, read without the lease."""
+
+    states: list[DestinationState]
+    journal: Journal
+
+    def served(self, target: TargetSettings) -> list[str | None]:
+        """The token name each destination serves as current (None: nothing)."""
+        return [current_name(state, target) for state in self.states]
+
+    def pending_names(self) -> set[str]:
+        return {s.pending.payload.token_name for s in self.states
+                if s.pending.payload and s.pending.payload.token_name}
+
+    def newest_rotation(self) -> datetime | None:
+        times = [s.current.payload.rotated_at for s in self.states if s.current.payload]
+        if not times or any(t is None for t in times):
+            return None
+        return min(t for t in times if t is not None)
+
+
+def current_name(state: DestinationState, target: TargetSettings) -> str | None:
+    payload = state.current.payload
+    if payload is None:
+        return None
+    # A value written by hand before rotator adopted it has no name: it is the configured token.
+    return payload.token_name or target.token_name
+
+
+def due_reason(snapshot: Snapshot, target: TargetSettings, now: datetime) -> str | None:
+    """Why the target needs a new token now, or None. Derived only from stored state."""
+    served = snapshot.served(target)
+    if any(name is None for name in served):
+        return "a destination holds no token yet"
+    if len(set(served)) > 1:
+        return "destinations serve different tokens"
+    rotated_at = snapshot.newest_rotation()
+    if rotated_at is None:
+        return "the stored token has no rotated_at (not rotated by rotator yet)"
+    if now - rotated_at >= timedelta(seconds=target.interval):
+        return f"the token is older than its interval ({iso(rotated_at)})"
+    return None
+
+
+def next_due_at(snapshot: Snapshot, target: TargetSettings) -> datetime | None:
+    rotated_at = snapshot.newest_rotation()
+    return rotated_at + timedelta(seconds=target.interval) if rotated_at else None
+
+
+def pending_work(snapshot: Snapshot, target: TargetSettings, now: datetime) -> str | None:
+    """Work a `--due` run must do even when no new token is due."""
+    if snapshot.journal.in_progress:
+        return "a rotation was left half-done"
+    if snapshot.pending_names():
+        return "a pending value is stored"
+    if snapshot.journal.due_revocations(now):
+        return "a previous token's grace period has passed"
+    return None
+
+
+class TargetRotation:
+    """One run over one target. Not reused across runs."""
+
+    def __init__(self, target: TargetSettings, funnelback: FunnelbackClient,
+                 destinations: Sequence[Destination], *, clock: Clock,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not destinations:
+            raise ValueError("a target needs at least one destination")
+        self.target = target
+        self.funnelback = funnelback
+        self.destinations = list(destinations)
+        self.home = self.destinations[0]
+        self.clock = clock
+        self.sleep = sleep
+        self.log = log.bind(target=target.name)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def observe(self) -> Snapshot:
+        states = [d.read() for d in self.destinations]
+        return Snapshot(states=states, journal=Journal(self.home.read_journal().data))
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self, *, force: bool, dry_run: bool = False) -> Outcome:
+        """`force`: rotate now (manual); else only what is due (CronJob, daemon)."""
+        started = self.clock()
+        begin = time.monotonic()
+        outcome = Outcome(self.target.name, "not-due")
+        try:
+            snapshot = self.observe()
+            now = self.clock()
+            reason = "requested" if force else due_reason(snapshot, self.target, now)
+            work = pending_work(snapshot, self.target, now)
+            if dry_run:
+                outcome = self._plan(snapshot, reason, work)
+            elif reason or work:
+                outcome = self._run_under_lease(force=force, started=started)
+            else:
+                outcome.plan.append(f"not due until {iso(next_due_at(snapshot, self.target) or now)}")
+        except RotatorError as exc:
+            outcome = Outcome(self.target.name, "failed", ok=False, error=exc.one_line())
+            self.log.error("rotation_failed", error=exc.one_line())
+        outcome.duration = time.monotonic() - begin
+        return outcome
+
+    def _run_under_lease(self, *, force: bool, started: datetime) -> Outcome:
+        def finished_elsewhere(journal: Journal) -> bool:
+            done = journal.last_success_at
+            return force and done is not None and done >= started
+
+        with self._step("lock"):
+            lease = acquire_lease(self.home, target=self.target.name, ttl=self.target.lock_ttl,
+                                  wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
+                                  sleep=self.sleep)
+        if lease is None:
+            self.log.info("rotation_completed_elsewhere")
+            return Outcome(self.target.name, "completed-elsewhere")
+        outcome = Outcome(self.target.name, "not-due")
+        try:
+            outcome = self._work(lease, force=force)
+        except RotatorError as exc:
+            self._release(lease, lambda j: j.record_result("failure", self.clock(), error=exc.one_line()))
+            raise
+        except BaseException:
+            lease.abandon()  # e.g. KeyboardInterrupt: the lease expires on its own; the next run resumes
+            raise
+        result_name = outcome.new_token_name
+        self._release(lease, (lambda j: j.record_result("success", self.clock(), token_name=result_name))
+                      if outcome.rotated else None)
+        return outcome
+
+    def _release(self, lease: Lease, mutate: Callable[[Journal], None] | None) -> None:
+        try:
+            lease.release(mutate)
+        except RotatorError as exc:
+            # Not fatal: the lease expires by itself; the work itself is done or safely resumable.
+            self.log.warning("lease_release_failed", error=exc.one_line())
+
+    def _work(self, lease: Lease, *, force: bool) -> Outcome:
+        outcome = Outcome(self.target.name, "not-due")
+        in_progress = lease.journal.in_progress
+        if in_progress:
+            resumed = self._resume(lease, in_progress)
+            if resumed:
+                outcome.result, outcome.new_token_name = "resumed", resumed
+        snapshot = self._snapshot_under(lease)
+        self._discard_stale_pending(lease, snapshot)
+        tokens = self._list_tokens()
+        self._sweep_orphans(lease, snapshot, tokens)
+        if outcome.result != "resumed":
+            reason = "requested" if force else due_reason(snapshot, self.target, self.clock())
+            if reason:
+                self.log.info("rotation_started", reason=reason)
+                outcome.new_token_name = self._rotate(lease, snapshot, tokens)
+                outcome.result = "rotated"
+        outcome.revoked = self._revoke_due(lease)
+        if not outcome.rotated and outcome.revoked:
+            outcome.result = "revoked"
+        journal = lease.journal
+        outcome.revocations_pending = [(r["name"], t) for r in journal.pending_revocations
+                                       if (t := parse_iso(r.get("not_before")))]
+        return outcome
+
+    def _snapshot_under(self, lease: Lease) -> Snapshot:
+        return Snapshot(states=[d.read() for d in self.destinations], journal=lease.journal)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _rotate(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> str:
+        source = self._source_token(snapshot, tokens)
+        now = self.clock()
+        new_name = next_generation(self.target.token_name, now, [t.name for t in tokens])
+        lease.ensure_held()
+        # Write-ahead: the name is durable before Funnelback is asked, so a lost answer is findable.
+        lease.update(lambda j: j.start(new_name, source, now))
+        with self._step("clone", source=source, new_token_name=new_name):
+            try:
+                new = self.funnelback.clone_client_token(self.target.client_id, source, new_name)
+            except FunnelbackError as exc:
+                self._abandon_new_token(lease, new_name, written=())
+                raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=self.target.name,
+                                    step="clone") from None
+        rotated_at = self.clock()
+        payloads = [self._payload_for(state, new.value, new_name, rotated_at) for state in snapshot.states]
+        written: list[Destination] = []
+        with self._step("persist", new_token_name=new_name):
+            try:
+                lease.ensure_held()
+                for destination, state, payload in zip(self.destinations, snapshot.states, payloads):
+                    destination.write_pending(payload, state)
+                    written.append(destination)
+            except RotatorError as exc:
+                self._abandon_new_token(lease, new_name, written=written)
+                raise RotationError(f"storing the new token failed: {exc.one_line()}",
+                                    target=self.target.name, step="persist") from None
+        lease.update(lambda j: j.set_phase("persisted"))
+        self._complete(lease, new_name, new.value)
+        return new_name
+
+    def _resume(self, lease: Lease, in_progress: dict[str, Any]) -> str | None:
+        """Finish (or clean up) the rotation a previous run left. Returns its name if completed."""
+        new_name = str(in_progress["new_token_name"])
+        snapshot = self._snapshot_under(lease)
+        holder = self._find_payload(snapshot, new_name)
+        self.log.info("resume", new_token_name=new_name, phase=in_progress.get("phase"),
+                      value_stored=holder is not None)
+        if holder is None:
+            # Crashed between clone and persist (or the clone's answer was lost): nobody knows the
+            # value, so the token can only be an orphan. Revoke it; the caller rotates afresh.
+            if not self._abandon_new_token(lease, new_name, written=()):
+                raise RotationError(f"could not revoke {new_name}, left by an interrupted rotation",
+                                    target=self.target.name, step="resume", hint="the next run tries again")
+            return None
+        with self._step("persist", new_token_name=new_name, resumed=True):
+            for destination, state in zip(self.destinations, snapshot.states):
+                if not _holds(state, holder):
+                    destination.write_pending(
+                        self._payload_for(state, holder.token, new_name, holder.rotated_at or self.clock()), state)
+        self._complete(lease, new_name, holder.token)
+        return new_name
+
+    def _complete(self, lease: Lease, new_name: str, value: Secret) -> None:
+        """verify -> schedule the previous tokens' revocation -> promote everywhere."""
+        with self._step("verify", new_token_name=new_name):
+            lease.ensure_held()
+            snapshot = self._snapshot_under(lease)
+            for destination, state in zip(self.destinations, snapshot.states):
+                if not any(slot.payload is not None and slot.payload.token == value
+                           for slot in (state.pending, state.current)):
+                    raise RotationError(f"{destination.label} does not hold the new token when read back",
+                                        target=self.target.name, step="verify",
+                                        hint="another writer changed it; the next run resumes or starts over")
+            if self.target.verify:
+                try:
+                    self.funnelback.verify_token(value)
+                except FunnelbackAuthError:
+                    self._abandon_new_token(lease, new_name, written=self.destinations)
+                    raise RotationError("the new token does not authenticate against Funnelback",
+                                        target=self.target.name, step="verify",
+                                        hint="it was withdrawn from every destination and revoked") from None
+        previous = {name for name in snapshot.served(self.target) if name and name != new_name}
+        not_before = self.clock() + timedelta(seconds=self.target.grace_period)
+
+        def schedule(journal: Journal) -> None:
+            for name in previous:
+                journal.schedule_revocation(name, not_before)
+            journal.set_phase("promoting")
+
+        lease.update(schedule)
+        with self._step("promote", new_token_name=new_name, previous=sorted(previous)):
+            for destination, state in zip(self.destinations, snapshot.states):
+                lease.ensure_held()
+                if state.current.payload is not None and state.current.payload.token == value \
+                        and state.pending.payload is None:
+                    continue
+                payload = state.pending.payload if (state.pending.payload and state.pending.payload.token == value) \
+                    else state.current.payload
+                assert payload is not None  # checked in verify above
+                destination.promote(payload, state)
+        lease.update(lambda j: j.finish())
+        self.log.info("rotation_promoted", new_token_name=new_name,
+                      revoke_after=iso(not_before) if previous else None)
+
+    def _abandon_new_token(self, lease: Lease, new_name: str, *, written: Sequence[Destination]) -> bool:
+        """Undo a rotation that cannot complete: withdraw the pending value, revoke the new token.
+
+        Best effort throughout; whatever fails here is found again by the next run through the
+        journal's in_progress record, which is cleared only when all of it succeeded."""
+        clean = True
+        for destination in written:
+            try:
+                destination.discard_pending(destination.read())
+            except RotatorError as exc:
+                clean = False
+                self.log.warning("discard_pending_failed", destination=destination.label, error=exc.one_line())
+        if not self._revoke(new_name, reason="abandoned"):
+            clean = False
+        if clean:
+            try:
+                lease.update(lambda j: j.finish())
+            except RotatorError as exc:
+                self.log.warning("journal_update_failed", error=exc.one_line())
+                clean = False
+        return clean
+
+    def _discard_stale_pending(self, lease: Lease, snapshot: Snapshot) -> None:
+        """Pending values no rotation owns any more (a cleanup that crashed half-way)."""
+        served = set(snapshot.served(self.target))
+        for destination, state in zip(self.destinations, snapshot.states):
+            pending = state.pending.payload
+            if pending is None:
+                continue
+            lease.ensure_held()
+            with self._step("discard_stale_pending", destination=destination.label,
+                            token_name=pending.token_name):
+                destination.discard_pending(state)
+            if pending.token_name and pending.token_name not in served and \
+                    is_generation(self.target.token_name, pending.token_name):
+                self._revoke(pending.token_name, reason="stale pending value")
+
+    def _sweep_orphans(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> None:
+        """Revoke rotator-made tokens that no destination serves and no journal entry explains."""
+        journal = lease.journal
+        keep = {n for n in snapshot.served(self.target) if n} | snapshot.pending_names()
+        keep |= {r["name"] for r in journal.pending_revocations}
+        if journal.in_progress:
+            keep.add(journal.in_progress["new_token_name"])
+        for token in tokens:
+            if token.name not in keep and is_generation(self.target.token_name, token.name):
+                lease.ensure_held()
+                self._revoke(token.name, reason="orphan")
+
+    def _revoke_due(self, lease: Lease) -> list[str]:
+        journal = lease.journal
+        due = journal.due_revocations(self.clock())
+        if not due:
+            return []
+        snapshot = self._snapshot_under(lease)
+        still_served = {n for n in snapshot.served(self.target) if n} | snapshot.pending_names()
+        revoked = []
+        for name in due:
+            if name in still_served:
+                # Never revoke what a consumer may still be given; a later run resumes promotion first.
+                self.log.warning("revocation_deferred", token_name=name, reason="still served by a destination")
+                continue
+            lease.ensure_held()
+            if self._revoke(name, reason="grace period over"):
+                lease.update(lambda j, n=name: j.revocation_done(n))
+                revoked.append(name)
+        return revoked
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _revoke(self, name: str, *, reason: str) -> bool:
+        with self._step("revoke", token_name=name, reason=reason) as fields:
+            try:
+                fields["existed"] = self.funnelback.revoke_client_token(self.target.client_id, name)
+            except FunnelbackError as exc:
+                fields["outcome"] = "failed"
+                fields["error"] = exc.one_line()
+                return False
+        return True
+
+    def _list_tokens(self) -> list[TokenInfo]:
+        with self._step("list_tokens"):
+            return self.funnelback.list_client_tokens(self.target.client_id)
+
+    def _source_token(self, snapshot: Snapshot, tokens: list[TokenInfo]) -> str:
+        served = [n for n in snapshot.served(self.target) if n]
+        source = served[0] if served else self.target.token_name
+        names = {t.name for t in tokens}
+        if source not in names:
+            if source != self.target.token_name and self.target.token_name in names:
+                source = self.target.token_name
+            else:
+                raise RotationError(
+                    f"token {source!r} does not exist in Funnelback client {self.target.client_id!r}",
+                    target=self.target.name, step="clone",
+                    hint="check token_name and client_id; rotator clones the live token to keep its permissions")
+        return source
+
+    def _payload_for(self, state: DestinationState, value: Secret, name: str, rotated_at: datetime) -> Payload:
+        base = state.current.payload or Payload(token=value, token_name=None, client_id=None, rotated_at=None)
+        return base.successor(token=value, token_name=name, client_id=self.target.client_id, rotated_at=rotated_at)
+
+    @staticmethod
+    def _find_payload(snapshot: Snapshot, name: str) -> Payload | None:
+        for state in snapshot.states:
+            for slot in (state.pending, state.current):
+                if slot.payload is not None and slot.payload.token_name == name:
+                    return slot.payload
+        return None
+
+    def _plan(self, snapshot: Snapshot, reason: str | None, work: str | None) -> Outcome:
+        outcome = Outcome(self.target.name, "dry-run")
+        served = snapshot.served(self.target)
+        if work:
+            outcome.plan.append(f"would finish pending work: {work}")
+        if reason:
+            source = next((n for n in served if n), self.target.token_name)
+            new_name = next_generation(self.target.token_name, self.clock(), [])
+            labels = ", ".join(d.label for d in self.destinations)
+            outcome.plan.append(f"would clone {source} -> {new_name} ({reason})")
+            outcome.plan.append(f"would store it in {labels}, verify it, and make it current")
+            previous = sorted({n for n in served if n})
+            if previous:
+                outcome.plan.append(f"would revoke {', '.join(previous)} after the grace period "
+                                    f"({int(self.target.grace_period)}s)")
+        if not outcome.plan:
+            outcome.plan.append("nothing to do: not due")
+        return outcome
+
+    @contextmanager
+    def _step(self, step: str, **context: Any) -> Iterator[dict[str, Any]]:
+        fields: dict[str, Any] = dict(context)
+        begin = time.monotonic()
+        try:
+            yield fields
+        except LeaseLostError:
+            self.log.error("step", step=step, outcome="lease_lost", duration_ms=_ms(begin), **fields)
+            raise
+        except RotatorError as exc:
+            self.log.error("step", step=step, outcome="failed", error=exc.one_line(), duration_ms=_ms(begin),
+                           **fields)
+            raise
+        fields.setdefault("outcome", "ok")
+        level = self.log.warning if fields["outcome"] != "ok" else self.log.info
+        level("step", step=step, duration_ms=_ms(begin), **fields)
+
+
+def _holds(state: DestinationState, payload: Payload) -> bool:
+    return any(slot.payload is not None and slot.payload.token == payload.token
+               for slot in (state.pending, state.current))
+
+
+def _ms(begin: float) -> int:
+    return int((time.monotonic() - begin) * 1000)
+
