@@ -295,7 +295,9 @@ class TargetRotation:
                     raise RotationError("the new token does not authenticate against Funnelback",
                                         target=self.target.name, step="verify",
                                         hint="it was withdrawn from every destination and revoked") from None
-        previous = {name for name in snapshot.served(self.target) if name and name != new_name}
+        # The clone's source is retired too, even when no destination served it (adoption).
+        source = (lease.journal.in_progress or {}).get("source_token_name")
+        previous = {name for name in [*snapshot.served(self.target), source] if name and name != new_name}
         not_before = self.clock() + timedelta(seconds=self.target.grace_period)
 
         def schedule(journal: Journal) -> None:
