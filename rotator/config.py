@@ -535,9 +535,22 @@ class _Parser:
                              hint="otherwise a new rotation would start before the previous token is revoked")
         destinations = self.destinations(where, merged["destinations"], backends)
         schedule = self.optional_string(f"{where}.schedule", merged["schedule"])
-        if schedule is not None and len(schedule.split()) != 5:
-            raise self.error(f"{where}.schedule", f"{schedule!r} is not a 5-field cron expression",
-                             hint="e.g. \"0 3 * * 1\" (03:00 every Monday)")
+        timezone_name = self.string(f"{where}.timezone", merged["timezone"],
+                                    hint="an IANA time zone name, e.g. \"UTC\" or \"Australia/Sydney\"")
+        window = self.optional_string(f"{where}.window", merged["window"])
+        from rotator.scheduling import ScheduleError, parse_cron, parse_window, zone
+        for key, value, check, hint in (
+                ("timezone", timezone_name, zone, "an IANA time zone name, e.g. \"UTC\" or \"Australia/Sydney\""),
+                ("schedule", schedule, parse_cron, "a 5-field cron expression: minute hour day-of-month month "
+                                                   "day-of-week, e.g. \"0 3 * * Mon\" (03:00 every Monday)"),
+                ("window", window, parse_window, "e.g. \"Mon-Fri 02:00-05:00\", \"22:00-02:00\" or "
+                                                 "\"Sat,Sun 00:00-24:00\" (times in the target's timezone)")):
+            if value is None:
+                continue
+            try:
+                check(value)
+            except ScheduleError as exc:
+                raise self.error(f"{where}.{key}", str(exc), hint=hint) from None
         return TargetSettings(
             name=name, client_id=client_id, token_name=token_name,
             interval=durations["interval"], grace_period=durations["grace_period"],
@@ -545,8 +558,8 @@ class _Parser:
             jitter=durations["jitter"], max_age=durations["max_age"],
             verify=self.boolean(f"{where}.verify", merged["verify"]),
             schedule=schedule,
-            timezone=self.string(f"{where}.timezone", merged["timezone"]),
-            window=self.optional_string(f"{where}.window", merged["window"]),
+            timezone=timezone_name,
+            window=window,
             destinations=destinations)
 
     def destinations(self, where: str, raw: Any,

@@ -16,13 +16,21 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from rotator.backends.base import Destination, DestinationState, Payload
 from rotator.config import TargetSettings
-from rotator.errors import FunnelbackAuthError, FunnelbackError, LeaseLostError, RotationError, RotatorError
-from rotator.funnelback import FunnelbackClient, TokenInfo
+from rotator.errors import (
+    FunnelbackAuthError,
+    FunnelbackError,
+    FunnelbackProtocolError,
+    FunnelbackTransientError,
+    LeaseLostError,
+    RotationError,
+    RotatorError,
+)
+from rotator.funnelback import FunnelbackClient, NewToken, TokenInfo
 from rotator.journal import Journal, iso, parse_iso
 from rotator.lease import Lease, acquire_lease
 from rotator.logs import get_logger
@@ -32,6 +40,9 @@ from rotator.secret import Secret
 log = get_logger("rotator.rotation")
 
 Clock = Callable[[], datetime]
+
+# Tries of a clone whose outcome was unknown (each under a new name, the unknown one revoked).
+CLONE_ATTEMPTS = 3
 
 
 @dataclass
@@ -84,23 +95,48 @@ def current_name(state: DestinationState, target: TargetSettings) -> str | None:
 
 
 def due_reason(snapshot: Snapshot, target: TargetSettings, now: datetime) -> str | None:
-    """Why the target needs a new token now, or None. Derived only from stored state."""
+    """Why the target needs a new token now, or None. Derived only from stored state.
+
+    The one rule shared by `rotate --due` and the daemon (rotator.scheduling):
+    - repairs are due at once, whatever the schedule and window: a destination holding no token
+      yet, or destinations serving different tokens (consumers disagree; waiting helps nobody);
+    - a token without rotated_at (adopted, not rotated by rotator yet) is due now, but only inside
+      the target's `window`;
+    - otherwise the token is due once its interval (or the next `schedule` fire time after
+      rotated_at) plus the target's jitter has passed, and only inside `window`.
+    """
+    from rotator import scheduling
+
     served = snapshot.served(target)
     if any(name is None for name in served):
         return "a destination holds no token yet"
     if len(set(served)) > 1:
         return "destinations serve different tokens"
     rotated_at = snapshot.newest_rotation()
+    if not scheduling.is_due(target, rotated_at, now):
+        return None
     if rotated_at is None:
         return "the stored token has no rotated_at (not rotated by rotator yet)"
-    if now - rotated_at >= timedelta(seconds=target.interval):
-        return f"the token is older than its interval ({iso(rotated_at)})"
-    return None
+    if target.schedule:
+        return f"a scheduled time ({target.schedule}) has passed since {iso(rotated_at)}"
+    return f"the token is older than its interval ({iso(rotated_at)})"
 
 
-def next_due_at(snapshot: Snapshot, target: TargetSettings) -> datetime | None:
+def next_due_at(snapshot: Snapshot, target: TargetSettings, now: datetime | None = None) -> datetime | None:
+    """When the target is due (a past time: overdue); None: due now (a repair, or an adopted token
+    inside its window), or never (a schedule with no future fire time). `now` defaults to the wall
+    clock; it only matters for windows."""
+    from rotator import scheduling
+
+    served = snapshot.served(target)
+    if any(name is None for name in served) or len(set(served)) > 1:
+        return None
+    now = now or datetime.now(timezone.utc)
     rotated_at = snapshot.newest_rotation()
-    return rotated_at + timedelta(seconds=target.interval) if rotated_at else None
+    when = scheduling.next_due(target, rotated_at, now)
+    if rotated_at is None and when is not None and when <= now:
+        return None
+    return when
 
 
 def pending_work(snapshot: Snapshot, target: TargetSettings, now: datetime) -> str | None:
@@ -225,34 +261,51 @@ class TargetRotation:
 
     def _rotate(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> str:
         source = self._source_token(snapshot, tokens)
-        now = self.clock()
-        new_name = next_generation(self.target.token_name, now, [t.name for t in tokens])
-        lease.ensure_held()
-        # Write-ahead: the name is durable before Funnelback is asked, so a lost answer is findable.
-        lease.update(lambda j: j.start(new_name, source, now))
-        with self._step("clone", source=source, new_token_name=new_name):
-            try:
-                new = self.funnelback.clone_client_token(self.target.client_id, source, new_name)
-            except FunnelbackError as exc:
-                self._abandon_new_token(lease, new_name, written=())
-                raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=self.target.name,
-                                    step="clone") from None
+        new_name, new = self._clone(lease, source, [t.name for t in tokens])
         rotated_at = self.clock()
         payloads = [self._payload_for(state, new.value, new_name, rotated_at) for state in snapshot.states]
-        written: list[Destination] = []
         with self._step("persist", new_token_name=new_name):
             try:
                 lease.ensure_held()
                 for destination, state, payload in zip(self.destinations, snapshot.states, payloads):
                     destination.write_pending(payload, state)
-                    written.append(destination)
             except RotatorError as exc:
-                self._abandon_new_token(lease, new_name, written=written)
+                self._abandon_new_token(lease, new_name, stored=True)
                 raise RotationError(f"storing the new token failed: {exc.one_line()}",
                                     target=self.target.name, step="persist") from None
         lease.update(lambda j: j.set_phase("persisted"))
         self._complete(lease, new_name, new.value)
         return new_name
+
+    def _clone(self, lease: Lease, source: str, existing: list[str]) -> tuple[str, NewToken]:
+        """Clone `source` under a fresh generation name; returns (name, new token).
+
+        A clone whose outcome is unknown (timeout, lost answer, 5xx) may have made a token nobody
+        knows the value of: it is revoked by name, and the clone is tried again under a new name,
+        so one flaky answer does not fail the run. A definite refusal (401/403/404/409) is not retried."""
+        taken = list(existing)
+        for attempt in range(1, CLONE_ATTEMPTS + 1):
+            now = self.clock()
+            new_name = next_generation(self.target.token_name, now, taken)
+            taken.append(new_name)
+            lease.ensure_held()
+            # Write-ahead: the name is durable before Funnelback is asked, so a lost answer is findable.
+            lease.update(lambda j: j.start(new_name, source, now))
+            with self._step("clone", source=source, new_token_name=new_name, attempt=attempt) as fields:
+                try:
+                    return new_name, self.funnelback.clone_client_token(self.target.client_id, source, new_name)
+                except (FunnelbackTransientError, FunnelbackProtocolError) as exc:
+                    fields.update(outcome="unknown", error=exc.one_line())
+                    cleaned = self._abandon_new_token(lease, new_name, stored=False)
+                    if not cleaned or attempt == CLONE_ATTEMPTS:
+                        raise RotationError(f"cloning {source} failed: {exc.one_line()}",
+                                            target=self.target.name, step="clone") from None
+                except FunnelbackError as exc:
+                    self._abandon_new_token(lease, new_name, stored=False)
+                    raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=self.target.name,
+                                        step="clone") from None
+            self.sleep(min(2.0, 0.2 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     def _resume(self, lease: Lease, in_progress: dict[str, Any]) -> str | None:
         """Finish (or clean up) the rotation a previous run left. Returns its name if completed."""
@@ -264,7 +317,7 @@ class TargetRotation:
         if holder is None:
             # Crashed between clone and persist (or the clone's answer was lost): nobody knows the
             # value, so the token can only be an orphan. Revoke it; the caller rotates afresh.
-            if not self._abandon_new_token(lease, new_name, written=()):
+            if not self._abandon_new_token(lease, new_name, stored=False):
                 raise RotationError(f"could not revoke {new_name}, left by an interrupted rotation",
                                     target=self.target.name, step="resume", hint="the next run tries again")
             return None
@@ -291,7 +344,7 @@ class TargetRotation:
                 try:
                     self.funnelback.verify_token(value)
                 except FunnelbackAuthError:
-                    self._abandon_new_token(lease, new_name, written=self.destinations)
+                    self._abandon_new_token(lease, new_name, stored=True)
                     raise RotationError("the new token does not authenticate against Funnelback",
                                         target=self.target.name, step="verify",
                                         hint="it was withdrawn from every destination and revoked") from None
@@ -320,15 +373,20 @@ class TargetRotation:
         self.log.info("rotation_promoted", new_token_name=new_name,
                       revoke_after=iso(not_before) if previous else None)
 
-    def _abandon_new_token(self, lease: Lease, new_name: str, *, written: Sequence[Destination]) -> bool:
+    def _abandon_new_token(self, lease: Lease, new_name: str, *, stored: bool) -> bool:
         """Undo a rotation that cannot complete: withdraw the pending value, revoke the new token.
 
         Best effort throughout; whatever fails here is found again by the next run through the
-        journal's in_progress record, which is cleared only when all of it succeeded."""
+        journal's in_progress record, which is cleared only when all of it succeeded. Returns
+        whether everything was cleaned up."""
         clean = True
-        for destination in written:
+        for destination in self.destinations if stored else ():
+            # Every destination, not only those whose write answered: a write whose answer was lost
+            # may have stored the value all the same.
             try:
-                destination.discard_pending(destination.read())
+                state = destination.read()
+                if state.pending.payload is not None and state.pending.payload.token_name == new_name:
+                    destination.discard_pending(state)
             except RotatorError as exc:
                 clean = False
                 self.log.warning("discard_pending_failed", destination=destination.label, error=exc.one_line())
@@ -451,16 +509,19 @@ class TargetRotation:
 
     @contextmanager
     def _step(self, step: str, **context: Any) -> Iterator[dict[str, Any]]:
+        """Log one event per step: target, step, outcome, duration. The body may add fields
+        (including its own "outcome", e.g. "unknown" for a call whose effect is not known)."""
         fields: dict[str, Any] = dict(context)
         begin = time.monotonic()
         try:
             yield fields
         except LeaseLostError:
-            self.log.error("step", step=step, outcome="lease_lost", duration_ms=_ms(begin), **fields)
+            fields["outcome"] = "lease_lost"
+            self.log.error("step", step=step, duration_ms=_ms(begin), **fields)
             raise
         except RotatorError as exc:
-            self.log.error("step", step=step, outcome="failed", error=exc.one_line(), duration_ms=_ms(begin),
-                           **fields)
+            fields.update(outcome="failed", error=exc.one_line())
+            self.log.error("step", step=step, duration_ms=_ms(begin), **fields)
             raise
         fields.setdefault("outcome", "ok")
         level = self.log.warning if fields["outcome"] != "ok" else self.log.info

@@ -57,7 +57,9 @@ class MotoServer:
     _thread_server: Any = field(default=None, repr=False)
 
     def _post(self, path: str, body: bytes = b"") -> dict[str, Any]:
-        request = urllib.request.Request(self.url + path, data=body, method="POST")
+        # Not form-encoded: moto reads the raw body of /moto-api/reset-auth.
+        request = urllib.request.Request(self.url + path, data=body, method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read().decode() or "{}"
         return json.loads(text)
@@ -73,7 +75,7 @@ class MotoServer:
         self._post("/moto-api/reset-auth", str(free_actions).encode())
 
     def disable_auth(self) -> None:
-        self._post("/moto-api/reset-auth", b"-1")
+        self._post("/moto-api/reset-auth", b"inf")
 
     def env(self) -> dict[str, str]:
         """Environment for a child process (e.g. rotator) to use this server with fake credentials.

@@ -191,3 +191,12 @@ def test_dry_run_changes_nothing(emulator, fb_client, clock) -> None:
     outcome = rotation(fb_client, [dest], clock).run(force=True, dry_run=True)
     assert outcome.result == "dry-run" and any("would clone web" in line for line in outcome.plan)
     assert emulator.calls("clone_client_token") == 0 and dest.journal.version is None
+
+
+def test_one_lost_clone_answer_is_survived_in_the_same_run(emulator, fb_client, clock) -> None:
+    dest = seeded(emulator)
+    emulator.faults.add(kind="lose_answer", method="POST", path="/clone$", times=1)
+    outcome = rotation(fb_client, [dest], clock).run(force=True)
+    assert outcome.ok, outcome
+    assert emulator.calls("clone_client_token") == 2
+    assert emulator.token_names("acme") == [outcome.new_token_name]   # the unknown clone was revoked

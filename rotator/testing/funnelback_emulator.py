@@ -587,7 +587,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 response = emulator.state.handle(route.operation, args, self.headers.get(TOKEN_HEADER),
                                                  body)
-            if fault is not None:  # lose_answer: the effect happened, the answer never leaves
+            if fault is not None and fault.kind == "lose_answer":  # the effect happened, no answer
                 self._drop(reset=False)
                 return
             self._reply(response)
