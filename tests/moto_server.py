@@ -146,7 +146,11 @@ def _drain(process: _subprocess.Popen[bytes]) -> None:
 
 
 def _start_thread(region: str) -> MotoServer:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
 
     server = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
     server.start()
@@ -158,8 +162,10 @@ def _start_thread(region: str) -> MotoServer:
 def start_moto_server(*, subprocess: bool = False, region: str = "us-east-1") -> Iterator[MotoServer]:
     """Start moto on 127.0.0.1 with a free port; stop it on exit.
 
-    subprocess=False: `ThreadedMotoServer` in this process (fast; shares moto's global settings with
-    anything else using moto in-process). subprocess=True: `python -m moto.server` as a child.
+    subprocess=False: `ThreadedMotoServer` in this process: fast, but every thread-mode server in one
+    process shares moto's global state (its resources, `reset()`, `enable_auth()`) with the others
+    and with `mock_aws`: use unique resource names rather than `reset()` there.
+    subprocess=True: `python -m moto.server` as a child (~0.5 s to start); state of its own.
     """
     server = _start_subprocess(region) if subprocess else _start_thread(region)
     try:

@@ -350,6 +350,33 @@ def test_service_and_pdb_select_the_daemon(base):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
+def test_every_command_line_parses_with_rotators_cli(base, overlay):
+    try:
+        from rotator.cli import build_parser
+        from rotator.shard import parse_shard
+    except ImportError as exc:  # the CLI is written in parallel with deploy/
+        pytest.skip(f"rotator.cli not importable: {exc}")
+    command_lines = [argv(c) for d in base + overlay for c in containers(d)]
+    command_lines += [unit(name)["Service"]["ExecStart"].split() for name in
+                      ("rotator.service", "rotator-rotate.service")]
+    stage = final_stage()
+    command_lines.append(json.loads(instruction_values(stage, "ENTRYPOINT")[-1])
+                         + json.loads(instruction_values(stage, "CMD")[-1]))
+    for line in command_lines:
+        assert Path(line[0]).name == "rotator", line
+        arguments = line[1:]
+        if "--shard" in arguments:
+            where = arguments.index("--shard") + 1
+            template = arguments[where]
+            count = int(template.rsplit("/", 1)[1])
+            for index in range(count):  # what Kubernetes substitutes for $(JOB_COMPLETION_INDEX)
+                value = template.replace("$(JOB_COMPLETION_INDEX)", str(index))
+                assert parse_shard(value) == (index, count)
+            arguments[where] = "0/1"
+        parsed = build_parser().parse_args(arguments)
+        assert parsed.config == CONFIG_PATH, line
+
+
 # --- NetworkPolicy -----------------------------------------------------------------------------------
 
 

@@ -72,7 +72,7 @@ def test_wait_flag_waits_out_the_grace_period(stack: Stack) -> None:
 
 def test_status_json_shows_names_and_state_never_values(stack: Stack) -> None:
     old = seed_secret(stack)
-    stack.write_config([{"name": "web", "grace": "1h"}])
+    stack.write_config([{"name": "web", "grace": "30m"}])
     before = json.loads(stack.run("status", "--json").stdout)
     assert before[0]["token_name"] == "web" and before[0]["due"] is True
     assert stack.run("rotate", "web").returncode == 0

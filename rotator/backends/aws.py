@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,18 +96,33 @@ _CREDENTIAL_ERRORS = tuple(
         "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "ProfileNotFound",
         "TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError", "SSOError")
     if hasattr(botocore.exceptions, name))
+_KMS_DENIAL = re.compile(r"\bkms:|access to kms|kms key", re.IGNORECASE)
 _KMS_HINT = ("allow kms:Decrypt and kms:GenerateDataKey on the secret's KMS key for rotator's role "
              "(and check the key is enabled)")
 
 
+def _error(exc: botocore.exceptions.ClientError) -> tuple[str, str]:
+    """(code, message) of an AWS error answer. Some endpoints (moto enforcing IAM, proxies) answer a
+    JSON-protocol call with an XML error document: botocore then reports the HTTP status as the
+    code and the XML as the message, so the real code is taken from the XML."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", "") or "")
+    message = str(error.get("Message", "") or "")
+    if code.isdigit() and message.lstrip().startswith("<"):
+        found_code = re.search(r"<Code>([^<]+)</Code>", message)
+        found_message = re.search(r"<Message>([^<]*)</Message>", message)
+        code = found_code.group(1).strip() if found_code else code
+        message = found_message.group(1) if found_message else ""
+    return code, message
+
+
 def _code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "") or "")
+    return _error(exc)[0]
 
 
 def _aws_message(exc: botocore.exceptions.ClientError) -> str:
     """AWS's own message (it names the principal and action, useful for IAM), scrubbed and short."""
-    text = str(exc.response.get("Error", {}).get("Message", "") or "").strip()
-    text = scrub(" ".join(text.split()))
+    text = scrub(" ".join(_error(exc)[1].split()))
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
@@ -119,15 +135,15 @@ def translate(exc: Exception, *, where: str, operation: str) -> BackendError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         detail = _aws_message(exc)
         message = f"AWS {code or 'error'}" + (f": {detail}" if detail else "")
-        if code in _KMS_CODES or (code in _PERMISSION_CODES and "kms" in message.lower()):
+        if code in _KMS_CODES or (code in _PERMISSION_CODES and _KMS_DENIAL.search(detail)):
             return BackendPermissionError(message, hint=_KMS_HINT, **kwargs)
-        if code in _PERMISSION_CODES:
-            return BackendPermissionError(
-                message, hint=f"allow secretsmanager:{_action(operation)} on this secret for rotator's role", **kwargs)
         if code in _AUTH_CODES:
             hint = ("check the system clock" if code == "RequestExpired"
                     else f"the AWS credential is invalid or expired; {_CREDENTIAL_HINT}")
             return BackendAuthError(message, hint=hint, **kwargs)
+        if code in _PERMISSION_CODES or status == 403:
+            return BackendPermissionError(
+                message, hint=f"allow secretsmanager:{_action(operation)} on this secret for rotator's role", **kwargs)
         if code in _UNAVAILABLE_CODES or (isinstance(status, int) and status >= 500):
             return BackendUnavailableError(message, hint="AWS is throttling or failing; the next run retries",
                                            **kwargs)
