@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,9 @@ def _admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings(url: str, **overrides: Any) -> FunnelbackSettings:
-    values: dict[str, Any] = dict(url=url, api=FunnelbackApi(), token_env="FB_TOKEN", timeout=2.0,
-                                  connect_timeout=1.0, retries=2, backoff_base=0.01, backoff_max=0.05)
+    values: dict[str, Any] = {"url": url, "api": FunnelbackApi(), "token_env": "FB_TOKEN", "timeout": 2.0,
+                              "connect_timeout": 1.0, "retries": 2, "backoff_base": 0.01,
+                              "backoff_max": 0.05}
     values.update(overrides)
     return FunnelbackSettings(**values)
 
@@ -177,12 +179,12 @@ def test_concurrent_401s_trigger_a_single_relogin(make_client: Any, emu: Funnelb
     client = make_client(token_env=None, username="bob", password_env="FB_PASSWORD")
     client.whoami()
     emu.expire_logins()
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def work() -> None:
         try:
             client.list_client_tokens(CLIENT)
-        except BaseException as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(16)]
@@ -424,6 +426,31 @@ def test_connection_refused_is_retried_even_for_create(make_client: Any) -> None
     assert "cannot connect" in str(err.value) and "3 attempts" in str(err.value)
 
 
+def test_delay_within_the_timeout_is_fine(make_client: Any, emu: FunnelbackEmulator) -> None:
+    client = make_client(timeout=0.5)
+    emu.faults.add(kind="delay", delay_seconds=0.1, method="PUT", path=ONE_TOKEN)
+    assert client.create_client_token(CLIENT, "slow").name == "slow"
+    assert emu.calls("create_client_token") == 1
+
+
+def test_create_after_server_restart_uses_a_fresh_connection(client: FunnelbackClient,
+                                                             emu: FunnelbackEmulator) -> None:
+    client.list_client_tokens(CLIENT)  # leaves a keep-alive connection in the pool
+    emu.stop()
+    emu.start()
+    # A dead pooled connection must not turn a create into an "outcome unknown".
+    assert client.create_client_token(CLIENT, "after-restart").name == "after-restart"
+    assert emu.calls("create_client_token") == 1
+
+
+def test_cookies_are_never_kept(client: FunnelbackClient, emu: FunnelbackEmulator) -> None:
+    # A session cookie would authenticate later calls by itself, verify_token included.
+    emu.faults.add(kind="status", status=200, path="current-user$",
+                   body='{"data": {"name": "admin"}}', headers={"Set-Cookie": "JSESSIONID=abc; Path=/"})
+    client.whoami()
+    assert len(client._session.cookies) == 0
+
+
 def test_server_restart_between_calls_is_survived(make_client: Any, emu: FunnelbackEmulator) -> None:
     client = make_client(token_env=None, username="bob", password_env="FB_PASSWORD")
     client.whoami()
@@ -503,7 +530,7 @@ def test_lists_tolerate_bare_lists_and_missing_fields(client: FunnelbackClient,
                         '"roles": ["r"], "clientId": "acme"}]')
     a, b = client.list_client_tokens(CLIENT)
     assert (a.client_id, a.created_at, a.roles) == (None, None, ())
-    assert b.created_at == datetime(2024, 5, 1, 10, tzinfo=timezone.utc) and b.roles == ("r",)
+    assert b.created_at == datetime(2024, 5, 1, 10, tzinfo=UTC) and b.roles == ("r",)
 
 
 def test_malformed_identity_is_a_protocol_error(client: FunnelbackClient, emu: FunnelbackEmulator) -> None:
@@ -513,7 +540,7 @@ def test_malformed_identity_is_a_protocol_error(client: FunnelbackClient, emu: F
 
 
 def test_timestamps() -> None:
-    utc = timezone.utc
+    utc = UTC
     assert _parse_time("2024-05-01T10:00:00Z") == datetime(2024, 5, 1, 10, tzinfo=utc)
     assert _parse_time("2024-05-01T20:00:00.5+10:00") == datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=utc)
     assert _parse_time("2024-05-01T10:00:00") == datetime(2024, 5, 1, 10, tzinfo=utc)
@@ -577,7 +604,7 @@ def test_errors_and_reprs_never_contain_token_values(make_client: Any, emu: Funn
     value = token.value.reveal()
     texts = [repr(token), str(token), f"{token.value}", repr(client), repr(client.list_client_tokens(CLIENT))]
     # A server that quotes the value in an error message: scrubbed.
-    emu.faults.add(kind="status", status=400, path=LIST, body='{"errors": ["bad token %s"]}' % value)
+    emu.faults.add(kind="status", status=400, path=LIST, body=json.dumps({"errors": [f"bad token {value}"]}))
     with pytest.raises(FunnelbackError) as err:
         client.list_client_tokens(CLIENT)
     assert REDACTED in str(err.value)
@@ -598,7 +625,7 @@ def test_errors_and_reprs_never_contain_token_values(make_client: Any, emu: Funn
 
 def test_server_messages_are_truncated(client: FunnelbackClient, emu: FunnelbackEmulator) -> None:
     emu.faults.add(kind="status", status=409, method="PUT", path=ONE_TOKEN,
-                   body='{"errors": ["%s"]}' % ("x" * 5000))
+                   body=json.dumps({"errors": ["x" * 5000]}))
     with pytest.raises(FunnelbackConflictError) as err:
         client.create_client_token(CLIENT, "t")
     assert 200 <= len(str(err.value)) < 400 and str(err.value).endswith("...")
@@ -643,7 +670,7 @@ def test_concurrency_cap_holds_at_the_server(make_client: Any, emu: FunnelbackEm
 def test_many_threads_share_one_client(client: FunnelbackClient, emu: FunnelbackEmulator) -> None:
     emu.add_token(CLIENT, "src", roles=["client~primary"])
     results: list[NewToken] = []
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def rotate(i: int) -> None:
         try:
@@ -651,7 +678,7 @@ def test_many_threads_share_one_client(client: FunnelbackClient, emu: Funnelback
             client.verify_token(new.value)
             results.append(new)
             assert client.revoke_client_token(CLIENT, f"gen-{i}") is True
-        except BaseException as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=rotate, args=(i,)) for i in range(32)]

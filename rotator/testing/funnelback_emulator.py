@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -79,7 +79,7 @@ FAULT_KINDS = frozenset({"status", "delay", "hang", "lose_answer", "reset"})
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- Faults -------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class FunnelbackState:
             self.clients[client] = {}
             for item in tokens:
                 self._index(_Token.from_json(item))
-        for _user, tokens in doc.get("userTokens", {}).items():
+        for tokens in doc.get("userTokens", {}).values():
             for item in tokens:
                 self._index(_Token.from_json(item))
 
@@ -530,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.emulator._unregister(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -548,10 +548,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         emulator = self.server.emulator
         path = self.path.partition("?")[0]
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BODY:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_REQUEST_BODY:
             self.close_connection = True
-            self._reply(_error(413, "request body too large"))
+            self._reply(_error(413, "request body too large or Content-Length invalid"))
             return
         body = self.rfile.read(length) if length else b""
         if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
@@ -632,6 +635,13 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.05)
 
 
+def _shutdown_quietly(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _fault_response(fault: Fault) -> _Response:
     headers = dict(fault.headers)
     if fault.retry_after is not None:
@@ -701,10 +711,7 @@ class FunnelbackEmulator:
         with self._conn_lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown_quietly(conn)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             with self._conn_lock:
@@ -797,6 +804,8 @@ class FunnelbackEmulator:
     def _register(self, conn: socket.socket) -> None:
         with self._conn_lock:
             self._connections.add(conn)
+        if self._stopping.is_set():  # accepted just before stop(): do not let it idle 30 s
+            _shutdown_quietly(conn)
 
     def _unregister(self, conn: socket.socket) -> None:
         with self._conn_lock:
