@@ -40,8 +40,13 @@ def resolve_reference(env: str | None, file: str | None, *, what: str) -> Secret
                 hint=f"export {env} or use a *_file reference instead")
         return Secret(value.strip())
     if file:
+        path = Path(file)
+        # systemd's LoadCredential= puts credentials in a per-unit $CREDENTIALS_DIRECTORY: a relative
+        # *_file is looked up there, so one config serves the daemon unit and the timer unit alike.
+        if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
+            path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
         try:
-            value = Path(file).read_text(encoding="utf-8").strip()
+            value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretReferenceError(
                 f"cannot read {file}: {exc.strerror or exc}", key=what,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
 from urllib.parse import quote
 
 import requests
@@ -187,7 +187,7 @@ class FunnelbackClient:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> FunnelbackClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -371,7 +371,7 @@ class FunnelbackClient:
             status = result.status
             if 200 <= status < 300:
                 return result
-            if status == 401 and auth == SELF and not refreshed:
+            if status == 401 and _is_self(auth) and not refreshed:
                 refreshed = True
                 if self._refresh_credential(generation):
                     continue
@@ -385,7 +385,7 @@ class FunnelbackClient:
             raise self._status_error(method, path, result, auth, quiet)
 
     def _credential_for(self, auth: Auth) -> tuple[Secret | None, int]:
-        if auth == SELF:
+        if _is_self(auth):
             return self._own_credential()
         if auth is None or isinstance(auth, Secret):
             return auth, 0
@@ -463,7 +463,7 @@ class FunnelbackClient:
         where = {"method": method, "path": path, "status": status}
         if status == 401:
             hint = ("the rotator's own credential was refused: check token_env/token_file or the login"
-                    if auth == SELF else "")
+                    if _is_self(auth) else "")
             return FunnelbackAuthError(f"token refused (unknown, revoked or expired){suffix}", **where,
                                        hint=hint)
         if status == 403:
@@ -494,6 +494,11 @@ def validate_name(name: str, what: str = "token name") -> str:
         shown = scrub(repr(name))[:140] if isinstance(name, str) else type(name).__name__
         raise RotatorError(f"invalid {what} {shown}: use 1-128 of A-Z a-z 0-9 . _ - (not only dots)")
     return name
+
+
+def _is_self(auth: Auth) -> bool:
+    # Not `auth == SELF`: comparing a Secret with a str is best left undefined.
+    return isinstance(auth, str) and auth == SELF
 
 
 def _expand(template: str, args: Mapping[str, str]) -> str:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 
 
 class TokenBucket:
@@ -67,7 +68,7 @@ class ConcurrencyLimit:
         self.in_use = 0
         self.max_in_use = 0
 
-    def __enter__(self) -> ConcurrencyLimit:
+    def __enter__(self) -> Self:
         self._sem.acquire()
         with self._lock:
             self.in_use += 1

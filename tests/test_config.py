@@ -175,3 +175,10 @@ def test_cli_usage_errors(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_relative_secret_file_resolves_in_systemd_credentials_directory(tmp_path, monkeypatch) -> None:
+    (tmp_path / "funnelback-token").write_text("credential-from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = parse_config(BASE.replace('token_env = "FB_TOKEN"', 'token_file = "funnelback-token"'))
+    assert config.funnelback.resolve_token().reveal() == "credential-from-systemd"

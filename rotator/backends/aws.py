@@ -545,7 +545,10 @@ class AwsSecretsManagerBackend(Backend):
         timeout = float(options.get("timeout") or DEFAULT_TIMEOUT)
         config = botocore.config.Config(
             max_pool_connections=64, connect_timeout=timeout, read_timeout=timeout,
-            retries={"mode": "standard", "max_attempts": int(options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)},
+            # total_max_attempts counts the first attempt too, like AWS_MAX_ATTEMPTS (botocore's "max_attempts"
+            # counts retries only: 1 there would mean 2 requests)
+            retries={"mode": "standard",
+                     "total_max_attempts": int(options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)},
             user_agent_extra="rotator")
         _quiet_sdk_debug_logs()
         with aws_errors(self.name, "connect"):

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote
 
 API_PREFIX = "/admin-api"
@@ -686,7 +686,7 @@ class FunnelbackEmulator:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> FunnelbackEmulator:
+    def start(self) -> Self:
         """Listen and serve in a daemon thread. A restart reuses the port and ends login sessions."""
         if self._server is not None:
             return self
@@ -722,7 +722,7 @@ class FunnelbackEmulator:
             thread.join(5.0)
         self._server = self._thread = None
 
-    def __enter__(self) -> FunnelbackEmulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -31,8 +31,12 @@ socket exactly as production does. It follows Vault's published API documentatio
 Deliberate simplifications: no leases/dynamic secrets, no response wrapping, no identity entities,
 no ``delete_version_after`` expiry, no batch tokens; ``sudo`` is only checked where a test asks.
 
-Fault injection (``inject``) makes the next N matching calls answer a status, wait, hang or lose
-the answer (perform the operation, then drop the connection without responding).
+Fault injection, shaped like the Funnelback emulator's: ``emulator.faults.add(kind=..., path=regex,
+method=..., times=N)`` makes the next N matching calls answer a status, wait, hang, reset the
+connection or lose the answer (perform the operation, then drop the connection without responding).
+In process mode the same is reachable over ``/_emulator/faults`` (POST/GET/DELETE), plus
+``/_emulator/seal``, ``unseal``, ``advance`` (clock), ``approle/{role}``, ``kubernetes/{role}``,
+``calls``: unauthenticated test-only control endpoints outside ``/v1``.
 
 In process::
 
@@ -245,7 +249,7 @@ class FaultSet:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.faults = FaultSet()
+        self._faults: list[Fault] = []
 
     def add(self, fault: Fault | None = None, /, **kwargs: Any) -> Fault:
         fault = fault if fault is not None else Fault(**kwargs)
