@@ -18,8 +18,10 @@ Between those moments the job polls every ``clamp(interval / 10, 1 s, 60 s)`` (6
 A target whose run fails is retried with exponential backoff (poll period doubling, capped at 5 min).
 
 Signals: SIGTERM/SIGINT stop taking new work, let runs in flight finish (up to 20 s; a run still
-going then is abandoned: its lease expires and the next start resumes it) and exit 0. SIGHUP reloads
-the config (an invalid one is logged as ``config_reload_failed`` and the old one kept).
+going then is abandoned: its lease expires and the next start resumes it) and exit 0 (Kubernetes
+allows 30 s). A second SIGTERM/SIGINT exits at once, abandoning runs in flight the same way.
+SIGHUP reloads the config (an invalid one is logged as ``config_reload_failed`` and the old one
+kept; ``[service] listen`` and ``concurrency`` need a restart).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ SHUTDOWN_WAIT = 20.0          # seconds runs in flight may take after SIGTERM (K
 MAX_POLL = 60.0
 MIN_POLL = 1.0
 MAX_BACKOFF = 300.0
+PREFLIGHT_RETRY = 15.0        # seconds between preflights while they fail
 LEASE_MARGIN = 0.25           # look again this long after another process's lease expires
 
 
@@ -190,8 +193,8 @@ class Daemon:
             # lease expires within lock_ttl and the next start (or any replica) resumes the run.
             log.warning("shutdown_abandoned_runs", targets=abandoned,
                         hint="their leases expire and the next run resumes them")
-            _flush()
-            os._exit(0)
+            _hard_exit(0)
+            return 0
         with self._lock:
             self._ref.retired = True
             if self._ref.users == 0:
@@ -207,9 +210,14 @@ class Daemon:
         previous: dict[int, Any] = {}
 
         def on_stop(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name
             if self._stopping.is_set():
+                # A second signal (an impatient Ctrl-C): leave now. Runs in flight are abandoned,
+                # exactly as after kill -9: their leases expire and the next start resumes them.
+                log.warning("signal", signal=name, action="exit now", abandoned=sorted(self._running()) or None)
+                _hard_exit(0)
                 return
-            log.info("signal", signal=signal.Signals(signum).name, action="stop")
+            log.info("signal", signal=name, action="stop")
             self.request_stop()
 
         def on_hup(_signum: int, _frame: Any) -> None:
@@ -288,6 +296,7 @@ class Daemon:
             return
         if lease_is_live(snapshot.journal, now):
             # Another process (a replica, a CronJob, a manual `rotate`) is working on this target.
+            log.debug("target_busy", target=target.name, lease_expires_at=iso(snapshot.journal.lease_expires_at))
             self._observe(target, snapshot, now, busy_until=snapshot.journal.lease_expires_at)
             return
         reason = due_reason(snapshot, target, now)
@@ -453,8 +462,10 @@ class Daemon:
     def _preflight_loop(self) -> None:
         while not self._stopping.is_set():
             self._preflight_now.clear()
-            self.run_preflight()
-            deadline = time.monotonic() + self.config.service.preflight_interval
+            ok = self.run_preflight()
+            period = self.config.service.preflight_interval
+            # a failing preflight is retried sooner, so /readyz recovers soon after the cause is fixed
+            deadline = time.monotonic() + (period if ok else min(period, PREFLIGHT_RETRY))
             while not self._stopping.is_set() and time.monotonic() < deadline:
                 if self._preflight_now.wait(min(1.0, max(deadline - time.monotonic(), 0.01))):
                     break
@@ -505,9 +516,11 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _flush() -> None:
+def _hard_exit(code: int) -> None:
+    """Exit now, without waiting for worker threads still in a run (interpreter exit would join them)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
+    os._exit(code)

@@ -110,20 +110,18 @@ def acquire_lease(home: Destination, *, target: str, ttl: float, wait: float, cl
                   sleep: Callable[[float], None] = time.sleep) -> Lease | None:
     """Take the target's lease, waiting up to `wait` seconds while another live process holds it.
 
-    `on_wait(journal)` is called each time the lease is seen held by someone else; when it returns
-    True the caller no longer needs the lease (e.g. the other process completed the rotation it
-    wanted) and None is returned. Raises LeaseHeldError when `wait` runs out.
+    `on_wait(journal)` is called each time the journal is read; when it returns True the caller no
+    longer needs the lease (e.g. another process completed the rotation it wanted) and None is
+    returned. Raises LeaseHeldError when `wait` runs out.
     """
     owner = new_owner_id()
     deadline = time.monotonic() + wait
-    saw_holder = False
     while True:
         record = home.read_journal()
         journal = Journal(record.data)
         now = clock()
         holder, expires = journal.lease_owner, journal.lease_expires_at
         if holder and expires and expires > now:
-            saw_holder = True
             if on_wait is not None and on_wait(journal):
                 return None
             remaining = deadline - time.monotonic()
@@ -132,11 +130,13 @@ def acquire_lease(home: Destination, *, target: str, ttl: float, wait: float, cl
                     f"another rotator ({holder}) holds the lease until {iso(expires)}",
                     target=target, step="lock",
                     hint="it is rotating this target now; retry later, or wait for the lease to expire")
-            sleep(min(1.0, remaining, max((expires - now).total_seconds(), 0.05)))
+            sleep(min(0.5, remaining, max((expires - now).total_seconds(), 0.05)))
             continue
-        if holder and saw_holder is False:
+        if holder:
             log.info("lease_taken_over", target=target, expired_owner=holder)
-        if on_wait is not None and saw_holder and on_wait(journal):
+        # Also when no holder was seen: another process may have finished between our first read
+        # and this one, and the caller must not start a second rotation then.
+        if on_wait is not None and on_wait(journal):
             return None
         journal.set_lease(owner, now + timedelta(seconds=ttl), acquired_at=now)
         try:

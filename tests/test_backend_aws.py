@@ -46,25 +46,32 @@ ROTATED_AT = datetime(2026, 12, 4, 14, 52, tzinfo=timezone.utc)
 # --- fixtures -----------------------------------------------------------------------------------
 
 
+FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true"}
+HOSTILE_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN",
+               "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+               "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fake credentials only, and nothing from the developer's ~/.aws (module-wide: boto3 resolves
+    credentials when a client is made, and the clients below live as long as the module)."""
+    home = tmp_path_factory.mktemp("aws-home")
+    with pytest.MonkeyPatch.context() as env:
+        for key in HOSTILE_ENV:
+            env.delenv(key, raising=False)
+        for key, value in FAKE_ENV.items():
+            env.setenv(key, value)
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        env.setenv("AWS_CONFIG_FILE", str(home / "config"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     with start_moto_server() as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Fake credentials only, and nothing from the developer's ~/.aws."""
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def make_backend(endpoint_url: str, **options: Any) -> AwsSecretsManagerBackend:
@@ -74,14 +81,14 @@ def make_backend(endpoint_url: str, **options: Any) -> AwsSecretsManagerBackend:
     return backend
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend(moto: MotoServer) -> Iterator[AwsSecretsManagerBackend]:
     backend = make_backend(moto.url)
     yield backend
     backend.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sm(moto: MotoServer) -> Any:
     """A plain boto3 client, for arranging and inspecting state as another writer would."""
     return boto3.client("secretsmanager", **moto.client_kwargs())
@@ -428,13 +435,12 @@ def test_checks(backend: AwsSecretsManagerBackend, dest: AwsDestination, sm: Any
 def test_one_client_shared_by_many_threads(backend: AwsSecretsManagerBackend) -> None:
     def rotate(i: int) -> bool:
         dest = backend.destination({"secret_id": f"test/threads/{uuid.uuid4().hex}"}, target=f"t{i}")
-        record = dest.write_journal({"owner": i}, dest.read_journal())
-        for generation in range(2):
-            new = payload(f"t{i}-g{generation}")
-            state = dest.write_pending(new, dest.read())
-            dest.promote(new, state)
+        record = dest.write_journal({"owner": i}, JournalRecord.empty())
+        new = payload(f"t{i}-g1")
+        dest.promote(new, dest.write_pending(new, dest.read()))
         dest.write_journal({"owner": None}, record)
-        return dest.read().current.payload.token_name == f"t{i}-g1" and dest.read().pending.payload is None
+        state = dest.read()
+        return state.current.payload == new and state.pending.payload is None
 
     with ThreadPoolExecutor(32) as pool:
         assert all(pool.map(rotate, range(32)))
@@ -447,13 +453,14 @@ class _AwsErrorServer:
     """Answers every request with one AWS JSON-protocol error; counts requests; the message echoes
     the request body, so a leak of the SecretString into rotator's messages would show."""
 
-    def __init__(self, code: str, status: int = 400) -> None:
-        self.requests = 0
+    def __init__(self) -> None:
+        self.answer("AccessDeniedException")
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 outer.requests += 1
+                code, status = outer.code, outer.status
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 answer = json.dumps({"__type": code, "message": f"refused request {body}"}).encode()
                 self.send_response(status)
@@ -468,11 +475,27 @@ class _AwsErrorServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def answer(self, code: str, status: int = 400) -> _AwsErrorServer:
+        self.code, self.status, self.requests = code, status, 0
+        return self
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def error_server() -> Iterator[_AwsErrorServer]:
+    server = _AwsErrorServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def error_backend(error_server: _AwsErrorServer) -> AwsSecretsManagerBackend:
+    return make_backend(error_server.url, max_attempts=1)
 
 
 @pytest.mark.parametrize(("code", "status", "expected", "hint"), [
@@ -485,48 +508,41 @@ class _AwsErrorServer:
     ("ResourceExistsException", 400, BackendConflictError, ""),
     ("InvalidRequestException", 400, BackendError, "restore-secret"),
 ])
-def test_aws_errors_map_to_rotator_errors(code: str, status: int, expected: type, hint: str) -> None:
-    server = _AwsErrorServer(code, status)
-    try:
-        backend = make_backend(server.url, max_attempts=1)
-        dest = backend.destination({"secret_id": "prod/web/funnelback"}, target="web")
-        secret_payload = payload(token="super-secret-token-value-9876")
-        with pytest.raises(expected) as caught:
-            dest.write_pending(secret_payload, DestinationState())
-        error = caught.value
-        assert type(error) is expected
-        text = error.one_line()
-        assert "aws:prod/web/funnelback" in text and code in text and hint in text
-        assert "super-secret-token-value-9876" not in text + repr(error.args)
-        assert error.__cause__ is None and error.__suppress_context__
-        assert server.requests == 1  # max_attempts = 1: no retry, even for throttling
-    finally:
-        server.close()
+def test_aws_errors_map_to_rotator_errors(error_server: _AwsErrorServer, error_backend: AwsSecretsManagerBackend,
+                                         code: str, status: int, expected: type, hint: str) -> None:
+    error_server.answer(code, status)
+    dest = error_backend.destination({"secret_id": "prod/web/funnelback"}, target="web")
+    with pytest.raises(expected) as caught:
+        dest.read()
+    error = caught.value
+    assert type(error) is expected
+    text = error.one_line()
+    assert "aws:prod/web/funnelback" in text and "describe_secret" in text and code in text and hint in text
+    assert error.__cause__ is None and error.__suppress_context__  # no botocore chain in tracebacks
+    assert error_server.requests == 1  # max_attempts = 1: no retry, even for throttling
 
 
-def test_a_refused_write_never_puts_the_token_in_the_error() -> None:
-    server = _AwsErrorServer("ValidationException")
-    try:
-        dest = make_backend(server.url, max_attempts=1).destination({"secret_id": "s"}, target="web")
-        # skip the describe (the server refuses everything): the put itself fails, its body echoed back
-        dest._describe = lambda: _Described(exists=True)  # type: ignore[method-assign]
-        secret_payload = payload(token="super-secret-token-value-5555")
-        with pytest.raises(BackendError) as caught:
-            dest.write_pending(secret_payload, DestinationState())
-        assert "put_secret_value" in str(caught.value)
-        assert "super-secret-token-value-5555" not in caught.value.one_line()
-        assert "**redacted**" in caught.value.one_line()
-    finally:
-        server.close()
+def test_a_refused_write_never_puts_the_token_in_the_error(error_server: _AwsErrorServer,
+                                                          error_backend: AwsSecretsManagerBackend) -> None:
+    error_server.answer("ValidationException")
+    dest = error_backend.destination({"secret_id": "s"}, target="web")
+    # skip the describe (the server refuses everything): the put itself fails, its body echoed back
+    dest._describe = lambda: _Described(exists=True)  # type: ignore[method-assign]
+    with pytest.raises(BackendError) as caught:
+        dest.write_pending(payload(token="super-secret-token-value-5555"), DestinationState())
+    text = caught.value.one_line()
+    assert "put_secret_value" in text and "refused request" in text
+    assert "super-secret-token-value-5555" not in text + repr(caught.value.args)
+    assert "**redacted**" in text
 
 
-def test_access_denied_from_backend_check_is_reported_but_not_fatal() -> None:
-    server = _AwsErrorServer("AccessDeniedException")
-    try:
-        (result,) = make_backend(server.url, max_attempts=1).check()
-        assert result.ok and "ListSecrets is denied" in result.detail
-    finally:
-        server.close()
+def test_access_denied_from_backend_check_is_reported_but_not_fatal(
+        error_server: _AwsErrorServer, error_backend: AwsSecretsManagerBackend) -> None:
+    error_server.answer("AccessDeniedException")
+    (result,) = error_backend.check()
+    assert result.ok and "ListSecrets is denied" in result.detail
+    error_server.answer("UnrecognizedClientException")
+    assert error_backend.check()[0].ok is False
 
 
 def test_endpoint_down_is_unavailable() -> None:
@@ -542,6 +558,7 @@ def test_endpoint_down_is_unavailable() -> None:
 def test_no_credentials_is_an_auth_error(monkeypatch: pytest.MonkeyPatch, moto: MotoServer) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "1")
     dest = make_backend(moto.url).destination({"secret_id": "s"}, target="web")
     with pytest.raises(BackendAuthError, match="no usable AWS credentials") as caught:
         dest.read()
@@ -579,6 +596,10 @@ def test_iam_denials_from_moto_enforcing_policies() -> None:
         # moto's fake default credentials are not a known IAM key: an auth error, not a permission one
         with pytest.raises(BackendAuthError, match="InvalidClientTokenId"):
             make_backend(server.url).destination({"secret_id": "prod/web"}, target="web").read()
+        # the helper's other controls
+        server.disable_auth()
+        server.reset()
+        assert boto3.client("secretsmanager", **admin).list_secrets()["SecretList"] == []
 
 
 # --- the helper ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -633,9 +634,14 @@ def test_server_messages_are_truncated(client: FunnelbackClient, emu: Funnelback
 
 def test_requests_are_logged_at_debug_without_secrets(client: FunnelbackClient,
                                                       emu: FunnelbackEmulator) -> None:
-    with structlog.testing.capture_logs() as logs:
-        token = client.create_client_token(CLIENT, "logged")
-        client.verify_token(token.value)
+    saved = structlog.get_config()  # other tests may have configured an info-level filter
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            token = client.create_client_token(CLIENT, "logged")
+            client.verify_token(token.value)
+    finally:
+        structlog.configure(**saved)
     assert [e["event"] for e in logs] == ["funnelback.request", "funnelback.request"]
     first = logs[0]
     assert first["log_level"] == "debug" and first["method"] == "PUT" and first["status"] == 200

@@ -45,15 +45,16 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import hvac
 import hvac.exceptions as hx
-from hvac import utils as hvac_utils
 import requests
 import requests.adapters
+from hvac import utils as hvac_utils
 
 import rotator
 from rotator.backends.base import (
@@ -232,9 +233,11 @@ class VaultBackend(Backend):
                 raise self._translate(exc, where=where, operation=operation, hint=hint) from None
         raise AssertionError("unreachable")
 
-    def _translate(self, exc: BaseException, *, where: str, operation: str, hint: str = "") -> BackendError:
-        """hvac/requests exceptions -> rotator's BackendError family. Messages carry the destination,
-        the operation, the API path and Vault's error text (scrubbed), never a credential."""
+    def _translate(self, exc: BaseException, *, where: str, operation: str, hint: str = "",
+                   login: bool = False) -> BackendError:
+        """hvac/requests exceptions -> rotator's BackendError family, in this one place. Messages carry
+        the destination, the operation, the API path and Vault's error text (scrubbed), never a
+        credential. `login`: a refusal of the login itself (400/401/403/404) is an auth error."""
         if isinstance(exc, BackendError):
             return exc
         if isinstance(exc, SecretReferenceError):
@@ -243,6 +246,9 @@ class VaultBackend(Backend):
             text = _vault_text(exc)
             api = _api_path(exc)
             detail = f"{text} [{api}]" if api else text
+            if login and isinstance(exc, (hx.InvalidRequest, hx.Forbidden, hx.Unauthorized, hx.InvalidPath)):
+                return BackendAuthError(f"Vault refused the {self.method} login: {detail}", destination=where,
+                                        operation=operation, hint=self._auth_hint())
             if isinstance(exc, hx.Forbidden):
                 if self._token_rejected(exc):
                     return BackendAuthError(f"Vault rejected rotator's token (expired, revoked or invalid): {detail}",
@@ -377,11 +383,8 @@ class VaultBackend(Backend):
                                                               mount_point=mount)
             else:
                 raise BackendAuthError(f"unknown auth method {self.method!r}", destination=where, operation=operation)
-        except (hx.InvalidRequest, hx.Forbidden, hx.Unauthorized, hx.InvalidPath) as exc:
-            raise BackendAuthError(f"Vault refused the {self.method} login: {_vault_text(exc)}", destination=where,
-                                   operation=operation, hint=self._auth_hint()) from None
         except (hx.VaultError, requests.RequestException) as exc:
-            raise self._translate(exc, where=where, operation=operation) from None
+            raise self._translate(exc, where=where, operation=operation, login=True) from None
         auth = response.get("auth") or {}
         self._login_ttl = float(auth.get("lease_duration") or 0)
         self._set_lease(self._login_ttl, bool(auth.get("renewable")))
@@ -398,8 +401,7 @@ class VaultBackend(Backend):
             data = self._client.auth.token.lookup_self().get("data") or {}
         except hx.Forbidden as exc:
             if self._token_rejected(exc):
-                raise BackendAuthError(f"Vault rejected the configured token: {_vault_text(exc)}", destination=where,
-                                       operation="login (token)", hint=self._auth_hint()) from None
+                raise self._translate(exc, where=where, operation="login (token)", login=True) from None
             return                    # lookup-self not allowed by policy: no TTL tracking
         except (hx.VaultError, requests.RequestException) as exc:
             raise self._translate(exc, where=where, operation="login (token)") from None
@@ -503,28 +505,39 @@ class VaultDestination(Destination):
             path=path, secret=data, method="PUT", mount_point=self.mount), operation)
         return _fingerprint(data)
 
-    def _destroy(self, path: str, operation: str) -> None:
-        """Remove a sibling record for good (idempotent)."""
+    def _clear_pending(self, expected: Secret | None, operation: str) -> None:
+        """Remove the pending record for good (idempotent) -- but never a pending value holding a
+        token other than `expected`: that value may be live on Funnelback and exist nowhere else."""
+        record = self._get(self.pending_path, operation)
+        if record.data:
+            held = Payload.from_dict(record.data, where=self.label)
+            if held is not None and (expected is None or held.token != expected):
+                raise BackendConflictError("the pending slot holds another token than the one read; left in place",
+                                           destination=self.label, operation=operation,
+                                           hint="another rotation wrote it; re-read and resume that rotation first")
+        elif not record.exists:
+            return
         if not self.kv2:
-            self._call(lambda c: c.secrets.kv.v1.delete_secret(path=path, mount_point=self.mount), operation)
+            self._call(lambda c: c.secrets.kv.v1.delete_secret(path=self.pending_path, mount_point=self.mount),
+                       operation)
             return
         try:
             # Deleting the metadata destroys every version: the token value is gone, not recoverable.
             self._call(lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
-                path=path, mount_point=self.mount), operation)
+                path=self.pending_path, mount_point=self.mount), operation)
         except BackendPermissionError:
             # No `delete` on metadata/: overwrite with an empty tombstone (cas) and destroy the older
             # versions if the policy allows; the slot then reads as empty either way.
-            record = self._get(path, operation)
-            if record.data:
-                version = self._put(path, {}, record.version, operation)
-                older = list(range(1, int(version)))
-                if older:
-                    try:
-                        self._call(lambda c: c.secrets.kv.v2.destroy_secret_versions(
-                            path=path, versions=older, mount_point=self.mount), operation)
-                    except BackendPermissionError:
-                        pass
+            if not record.data:
+                return
+            version = self._put(self.pending_path, {}, record.version, operation)
+            older = list(range(1, int(version)))
+            if older:
+                try:
+                    self._call(lambda c: c.secrets.kv.v2.destroy_secret_versions(
+                        path=self.pending_path, versions=older, mount_point=self.mount), operation)
+                except BackendPermissionError:
+                    pass
 
     def _set_rotation_metadata(self, payload: Payload) -> None:
         """Record the rotation in custom_metadata, keeping the keys users put there.
@@ -583,10 +596,11 @@ class VaultDestination(Destination):
                 # An earlier promote of this very token succeeded (its answer was lost): carry on.
         if self.kv2:
             self._set_rotation_metadata(payload)
-        self._destroy(self.pending_path, "clear pending")
+        self._clear_pending(payload.token, "clear pending")
 
     def discard_pending(self, state: DestinationState) -> None:
-        self._destroy(self.pending_path, "discard pending")
+        known = state.pending.payload
+        self._clear_pending(known.token if known else None, "discard pending")
 
     def read_journal(self) -> JournalRecord:
         record = self._get(self.journal_path, "read journal")

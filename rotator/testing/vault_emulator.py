@@ -25,8 +25,11 @@ socket exactly as production does. It follows Vault's published API documentatio
   as Vault does), ``custom_metadata``, ``max_versions`` trimming, LIST, merge-patch;
 - KV v1 mounts; ``sys/mounts`` to enable either;
 - namespaces: ``X-Vault-Namespace`` and/or a path prefix, resolved by longest existing prefix as
-  Vault Enterprise does; each namespace has its own mounts, policies, auth roles; a token works in
-  its namespace and below; ``sys/health`` exists only in the root namespace.
+  Vault Enterprise does (so an unknown namespace leaves the request in the parent, where nothing is
+  mounted at ``nope/secret/...``: 404 ``no handler for route``, or 403 for a non-root token); each
+  namespace has its own mounts, policies and auth roles; a token works in its namespace and below,
+  and a parent's policy reaches a child through the ``child/`` prefix; ``sys/health`` exists only in
+  the root namespace (404 with a namespace header).
 
 Deliberate simplifications: no leases/dynamic secrets, no response wrapping, no identity entities,
 no ``delete_version_after`` expiry, no batch tokens; ``sudo`` is only checked where a test asks.
@@ -53,11 +56,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import select
 import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import struct
@@ -66,10 +69,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # Vault's defaults: 768h default and max lease TTL, 10 versions kept by KV v2.
@@ -100,9 +104,9 @@ DEFAULT_POLICY_RULES = {
 
 def rfc3339(moment: float) -> str:
     """Go's RFC3339Nano as Vault emits it: nanoseconds with trailing zeros trimmed, 'Z'."""
-    nanos_total = int(round(moment * 1_000_000_000))
+    nanos_total = round(moment * 1_000_000_000)
     seconds, nanos = divmod(nanos_total, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + "Z"
@@ -155,8 +159,8 @@ def parse_policy(text: str) -> dict[str, list[str]]:
             rules[pattern] = list(body.get("capabilities", []))
     else:
         stripped = re.sub(r"(?m)^\s*(#|//).*$", "", text)
-        for match in re.finditer(r'path\s+"([^"]+)"\s*\{(.*?)\}', stripped, re.S):
-            caps = re.search(r"capabilities\s*=\s*\[(.*?)\]", match.group(2), re.S)
+        for match in re.finditer(r'path\s+"([^"]+)"\s*\{(.*?)\}', stripped, re.DOTALL):
+            caps = re.search(r"capabilities\s*=\s*\[(.*?)\]", match.group(2), re.DOTALL)
             rules[match.group(1)] = re.findall(r'"([^"]+)"', caps.group(1)) if caps else []
     for pattern, caps in rules.items():
         unknown = [c for c in caps if c not in CAPABILITIES]
@@ -371,7 +375,7 @@ class VaultEmulator:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> VaultEmulator:
+    def __enter__(self) -> VaultEmulator:  # noqa: PYI034 - start() returns self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -661,7 +665,7 @@ class VaultEmulator:
     def _remaining(self, record: dict[str, Any]) -> int:
         if record["expire_at"] is None:
             return 0
-        return max(0, int(round(record["expire_at"] - self.now())))
+        return max(0, round(record["expire_at"] - self.now()))
 
     def _issue_login_token(self, namespace: str, role: dict[str, Any], path: str,
                            metadata: dict[str, str]) -> dict[str, Any]:
@@ -771,9 +775,8 @@ class VaultEmulator:
     def _find_mount(ns: dict[str, Any], path: str) -> str | None:
         best = None
         for name in ns["mounts"]:
-            if path == name or path.startswith(name + "/"):
-                if best is None or len(name) > len(best):
-                    best = name
+            if (path == name or path.startswith(name + "/")) and (best is None or len(name) > len(best)):
+                best = name
         return best
 
     # -- sys --
@@ -968,9 +971,9 @@ class VaultEmulator:
             warnings = None
             ttl = increment
             if record["max_expire_at"] is not None and now + ttl > record["max_expire_at"]:
-                capped = max(0, int(record["max_expire_at"] - now))
-                warnings = [f"TTL of \"{ttl}s\" exceeded the effective max_ttl of \"{capped}s\"; "
-                            "TTL value is capped accordingly"]
+                capped = max(0, round(record["max_expire_at"] - now))
+                warnings = [(f"TTL of \"{ttl}s\" exceeded the effective max_ttl of \"{capped}s\"; "
+                             "TTL value is capped accordingly")]
                 ttl = capped
             record["expire_at"] = now + ttl
             return 200, _envelope(auth=self._auth_block(req.token, record, record.get("meta")), warnings=warnings)
@@ -1366,9 +1369,10 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # keep-alive + small writes would otherwise stall 40 ms per call
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def _serve(self) -> None:
