@@ -585,9 +585,10 @@ class AwsSecretsManagerBackend(Backend):
 
 
 def _quiet_sdk_debug_logs() -> None:
-    """botocore logs request bodies (SecretString included) at DEBUG; keep it at INFO or above so
-    `--log-level debug` never writes a token value."""
-    for name in ("botocore", "boto3", "s3transfer"):
+    """botocore logs request bodies (SecretString included) at DEBUG, and chatter ("Found
+    credentials in environment variables.") at INFO, outside rotator's JSON log format: keep the
+    SDK's loggers at WARNING or above, whatever level the root logger is given (`--log-level debug`)."""
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
         logger = logging.getLogger(name)
-        if logger.level < logging.INFO:  # NOTSET (inherit) included: a DEBUG root must not reach it
-            logger.setLevel(logging.INFO)
+        if logger.level < logging.WARNING:  # NOTSET (inherit from root) included
+            logger.setLevel(logging.WARNING)
