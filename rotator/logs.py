@@ -88,6 +88,7 @@ def configure(*, fmt: str | None = None, level: str = "info", stream: Any = None
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream,
                         format="%(levelname)s %(name)s %(message)s", force=True)
     for handler in logging.getLogger().handlers:
+        handler.setLevel(max(numeric, logging.WARNING))  # libraries that set their own INFO level too
         handler.addFilter(_StdlibScrubber())
     _configured = True
 

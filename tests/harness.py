@@ -26,6 +26,8 @@ class Stack:
     moto_url: str
     workdir: Path
     prefix: str
+    vault: Any = None
+    vault_token: str = ""
 
     def secret_id(self, name: str) -> str:
         return f"{self.prefix}/{name}"
@@ -34,8 +36,8 @@ class Stack:
                      extra_funnelback: str = "", concurrency: int = 4) -> Path:
         blocks = []
         for t in targets:
-            dests = ", ".join(
-                f'{{ backend = "aws", secret_id = "{self.secret_id(s)}" }}' for s in t.get("secrets", [t["name"]]))
+            dests = ", ".join(self._destination(kind, name)
+                              for kind, name in t.get("dests", [("aws", s) for s in t.get("secrets", [t["name"]])]))
             blocks.append(textwrap.dedent(f"""
                 [[targets]]
                 name = "{t['name']}"
@@ -65,16 +67,36 @@ class Stack:
             type = "aws-secrets-manager"
             region = "us-east-1"
             endpoint_url = "{self.moto_url}"
-        """) + "".join(blocks)
+        """) + self._vault_backend() + "".join(blocks)
         path = self.workdir / "rotation.toml"
         path.write_text(text)
         return path
+
+    def _destination(self, kind: str, name: str) -> str:
+        if kind == "vault":
+            return f'{{ backend = "vault", path = "{self.vault_path(name)}" }}'
+        return f'{{ backend = "aws", secret_id = "{self.secret_id(name)}" }}'
+
+    def vault_path(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def _vault_backend(self) -> str:
+        if self.vault is None:
+            return ""
+        return textwrap.dedent(f"""
+            [backends.vault]
+            type = "vault"
+            url = "{self.vault.url}"
+            auth = {{ method = "token", token_env = "TEST_VAULT_TOKEN" }}
+        """)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATOR_")}
         env.update(FB_ADMIN_TOKEN=ADMIN_TOKEN, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                    AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(REPO))
         env.pop("AWS_PROFILE", None)
+        if self.vault is not None:
+            env["TEST_VAULT_TOKEN"] = self.vault_token or self.vault.root_token
         return env
 
     def command(self, *args: str) -> list[str]:
@@ -135,5 +157,6 @@ class Stack:
         return current
 
 
-def new_stack(emulator: Any, moto_url: str, tmp_path: Path) -> Stack:
-    return Stack(emulator=emulator, moto_url=moto_url, workdir=tmp_path, prefix=f"t{uuid.uuid4().hex[:10]}")
+def new_stack(emulator: Any, moto_url: str, tmp_path: Path, vault: Any = None) -> Stack:
+    return Stack(emulator=emulator, moto_url=moto_url, workdir=tmp_path, prefix=f"t{uuid.uuid4().hex[:10]}",
+                 vault=vault)

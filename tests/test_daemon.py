@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from conftest import ADMIN_TOKEN
 from harness import Stack, new_stack
@@ -491,18 +492,20 @@ def test_shutdown_is_bounded_when_a_run_hangs(stack: Stack, monkeypatch: pytest.
     path = stack.workdir / "inproc.toml"
     path.write_text(config_text(stack, free_port(), [{"name": "web", "interval": "1h", "grace": "0s"}]))
     stack.emulator.faults.add(kind="delay", method="POST", path="/clone$", delay_seconds=2.0)
-    instance = daemon_module.Daemon(load_config(path), load_config(path).targets)
-    instance.start()
-    try:
-        wait_for(lambda: stack.emulator.calls("clone_client_token") >= 1, 10, "the clone to be in flight")
-        began = time.monotonic()
-        assert instance.stop() == 0
-        assert time.monotonic() - began < 2.0
-        assert exits == [0]
-        assert not instance.live()[0] and not instance.ready()[0]
-    finally:
-        # let the run the test abandoned finish before the emulator goes away
-        wait_for(lambda: not instance._running(), 10, "the abandoned run to end")
+    with capture_logs() as logs:   # structlog as other tests left it may write to a closed stream
+        instance = daemon_module.Daemon(load_config(path), load_config(path).targets)
+        instance.start()
+        try:
+            wait_for(lambda: stack.emulator.calls("clone_client_token") >= 1, 10, "the clone to be in flight")
+            began = time.monotonic()
+            assert instance.stop() == 0
+            assert time.monotonic() - began < 2.0
+            assert exits == [0]
+            assert not instance.live()[0] and not instance.ready()[0]
+        finally:
+            # let the run the test abandoned finish before the emulator goes away
+            wait_for(lambda: not instance._running(), 10, "the abandoned run to end")
+    assert [e["targets"] for e in logs if e["event"] == "shutdown_abandoned_runs"] == [["web"]]
     stack.assert_converged("web")
 
 
