@@ -4,6 +4,15 @@ Every HTTP call goes through `FunnelbackClient._request`: base URL, timeouts, th
 header, rate limit, concurrency cap, bounded retries and the mapping of statuses to the typed errors of
 `rotator.errors`. The client is thread-safe and meant to be shared by every worker thread.
 
+Retry policy (the `retries` setting bounds it):
+- GET and DELETE are idempotent: retried on connection failures, timeouts, 429 and 5xx. A DELETE whose
+  first answer was lost sees 404 on the retry; revoke reports that as False ("already gone").
+- PUT (create) and POST (clone) are not: retried only when the request provably never left (connection
+  refused, connect timeout) or on 429. Otherwise `FunnelbackOutcomeUnknownError`: the token may exist,
+  the caller finds it by name.
+- A 401 on a call made with the rotator's own credential re-logs in (or re-reads the token reference)
+  once and repeats the call once.
+
 Secret hygiene: token values and passwords are wrapped in `Secret` as soon as they exist and revealed
 only inside `_send_once`, whose frame never appears in the traceback of an error we raise (errors are
 raised after it returned). Errors carry method, path and status, never headers, bodies or query values.

@@ -2,10 +2,11 @@
 
     lease                {owner, expires_at, acquired_at}       who may change the target now
     in_progress          {new_token_name, source_token_name,    a rotation between clone and
-                          started_at, phase}                     promotion, written before the clone
+                          previous, started_at, phase, owner}    promotion, written before the clone
     pending_revocations  [{name, not_before}]                   previous tokens waiting out grace
     last_result          {outcome, at, token_name, error}       for `status` and metrics
     last_success_at                                              when a rotation last completed
+    last_sweep_at                                                when orphans were last looked for
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ class Journal:
         value = self.data.get("in_progress")
         return value if isinstance(value, dict) and value.get("new_token_name") else None
 
-    def start(self, new_token_name: str, source_token_name: str, now: datetime) -> None:
+    def start(self, new_token_name: str, source_token_name: str, now: datetime, *,
+              previous: list[str] | tuple[str, ...] = (), owner: str | None = None) -> None:
+        """Write-ahead record of a rotation: the new name before the clone is asked for, and the
+        tokens it replaces, so a run that dies anywhere after this leaves enough to finish it."""
         self.data["in_progress"] = {"new_token_name": new_token_name, "source_token_name": source_token_name,
-                                    "started_at": iso(now), "phase": "cloning"}
+                                    "previous": sorted(set(previous)), "started_at": iso(now),
+                                    "phase": "cloning", "owner": owner}
 
     def set_phase(self, phase: str) -> None:
         if self.in_progress:
@@ -90,6 +95,18 @@ class Journal:
     def next_revocation_at(self) -> datetime | None:
         times = [t for r in self.pending_revocations if (t := parse_iso(r.get("not_before")))]
         return min(times, default=None)
+
+    # orphan sweeps (listing a client's tokens) are needed only after trouble, and once a day
+    @property
+    def last_sweep_at(self) -> datetime | None:
+        return parse_iso(self.data.get("last_sweep_at"))
+
+    def record_sweep(self, now: datetime) -> None:
+        self.data["last_sweep_at"] = iso(now)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.data
 
     # results
     def record_result(self, outcome: str, now: datetime, *, token_name: str | None = None,

@@ -36,14 +36,18 @@ class Lease:
     """A held lease. Use `acquire_lease` to get one; `release` (or the context manager) to end it."""
 
     def __init__(self, home: Destination, record: JournalRecord, owner: str, ttl: float, clock: Clock,
-                 target: str) -> None:
+                 target: str, *, acquired_from: str | None = None) -> None:
         self._home = home
+        #: the journal version the lease was written over: if it is the version a caller read
+        #: before, nothing changed the target in between
+        self.acquired_from = acquired_from
         self._record = record
         self.owner = owner
         self._ttl = ttl
         self._clock = clock
         self._target = target
         self._lock = threading.Lock()
+        self._staged: list[Callable[[Journal], None]] = []
         self._lost: BaseException | None = None
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{target}", daemon=True)
@@ -51,8 +55,18 @@ class Lease:
 
     @property
     def journal(self) -> Journal:
+        """The journal as it will be written next: the stored record plus staged changes."""
         with self._lock:
-            return Journal(self._record.data)
+            journal = Journal(self._record.data)
+            for mutate in self._staged:
+                mutate(journal)
+            return journal
+
+    def stage(self, mutate: Callable[[Journal], None]) -> None:
+        """Queue a change for the next write (update, heartbeat or release). For bookkeeping that
+        needs no write-ahead: losing it in a crash only makes the next run redo idempotent work."""
+        with self._lock:
+            self._staged.append(mutate)
 
     def ensure_held(self) -> None:
         """Raise LeaseLostError if the lease was taken over or may have expired."""
@@ -69,6 +83,8 @@ class Lease:
             if self._lost is not None:
                 raise LeaseLostError("the rotation lease was lost", target=self._target)
             journal = Journal(self._record.data)
+            for staged in self._staged:
+                staged(journal)
             mutate(journal)
             if keep:
                 journal.set_lease(self.owner, self._clock() + timedelta(seconds=self._ttl))
@@ -79,6 +95,7 @@ class Lease:
             except BackendConflictError:
                 self._lost = LeaseLostError("journal changed under the lease", target=self._target)
                 raise self._lost from None
+            self._staged.clear()
             return Journal(self._record.data)
 
     def release(self, mutate: Callable[[Journal], None] | None = None) -> None:
@@ -107,14 +124,17 @@ class Lease:
 
 def acquire_lease(home: Destination, *, target: str, ttl: float, wait: float, clock: Clock,
                   on_wait: Callable[[Journal], bool] | None = None,
+                  prepare: Callable[[JournalRecord, Journal, str], None] | None = None,
+                  owner: str | None = None,
                   sleep: Callable[[float], None] = time.sleep) -> Lease | None:
     """Take the target's lease, waiting up to `wait` seconds while another live process holds it.
 
     `on_wait(journal)` is called each time the journal is read; when it returns True the caller no
     longer needs the lease (e.g. another process completed the rotation it wanted) and None is
-    returned. Raises LeaseHeldError when `wait` runs out.
+    returned. `prepare(record, journal, owner)` may add to the journal written with the lease (one
+    write instead of two). Raises LeaseHeldError when `wait` runs out.
     """
-    owner = new_owner_id()
+    owner = owner or new_owner_id()
     deadline = time.monotonic() + wait
     while True:
         record = home.read_journal()
@@ -138,12 +158,14 @@ def acquire_lease(home: Destination, *, target: str, ttl: float, wait: float, cl
         # and this one, and the caller must not start a second rotation then.
         if on_wait is not None and on_wait(journal):
             return None
+        if prepare is not None:
+            prepare(record, journal, owner)
         journal.set_lease(owner, now + timedelta(seconds=ttl), acquired_at=now)
         try:
             written = home.write_journal(journal.data, record)
         except BackendConflictError:
             continue  # someone else wrote first: look again
-        return Lease(home, written, owner, ttl, clock, target)
+        return Lease(home, written, owner, ttl, clock, target, acquired_from=record.version)
 
 
 def lease_is_live(journal: Journal, now: datetime) -> bool:

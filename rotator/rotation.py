@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Sequence
 
-from rotator.backends.base import Destination, DestinationState, Payload
+from rotator.backends.base import Destination, DestinationState, JournalRecord, Payload
 from rotator.config import TargetSettings
 from rotator.errors import (
     FunnelbackAuthError,
+    FunnelbackConflictError,
     FunnelbackError,
+    FunnelbackNotFoundError,
     FunnelbackProtocolError,
     FunnelbackTransientError,
     LeaseLostError,
@@ -32,7 +34,7 @@ from rotator.errors import (
 )
 from rotator.funnelback import FunnelbackClient, NewToken, TokenInfo
 from rotator.journal import Journal, iso, parse_iso
-from rotator.lease import Lease, acquire_lease
+from rotator.lease import Lease, acquire_lease, new_owner_id
 from rotator.logs import get_logger
 from rotator.naming import is_generation, next_generation
 from rotator.secret import Secret
@@ -43,6 +45,8 @@ Clock = Callable[[], datetime]
 
 # Tries of a clone whose outcome was unknown (each under a new name, the unknown one revoked).
 CLONE_ATTEMPTS = 3
+# Look for orphans at least this often (seconds) even when nothing went wrong.
+SWEEP_EVERY = 86400.0
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Snapshot:
 
     states: list[DestinationState]
     journal: Journal
+    journal_version: str | None = None
 
     def served(self, target: TargetSettings) -> list[str | None]:
         """The token name each destination serves as current (None: nothing)."""
@@ -170,7 +175,8 @@ class TargetRotation:
 
     def observe(self) -> Snapshot:
         states = [d.read() for d in self.destinations]
-        return Snapshot(states=states, journal=Journal(self.home.read_journal().data))
+        record = self.home.read_journal()
+        return Snapshot(states=states, journal=Journal(record.data), journal_version=record.version)
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -187,7 +193,8 @@ class TargetRotation:
             if dry_run:
                 outcome = self._plan(snapshot, reason, work)
             elif reason or work:
-                outcome = self._run_under_lease(force=force, started=started)
+                outcome = self._run_under_lease(force=force, started=started, snapshot=snapshot,
+                                                rotate=bool(reason))
             else:
                 outcome.plan.append(f"not due until {iso(next_due_at(snapshot, self.target) or now)}")
         except RotatorError as exc:
@@ -196,21 +203,30 @@ class TargetRotation:
         outcome.duration = time.monotonic() - begin
         return outcome
 
-    def _run_under_lease(self, *, force: bool, started: datetime) -> Outcome:
+    def _run_under_lease(self, *, force: bool, started: datetime, snapshot: Snapshot, rotate: bool) -> Outcome:
         def finished_elsewhere(journal: Journal) -> bool:
             done = journal.last_success_at
             return force and done is not None and done >= started
 
+        owner = new_owner_id()
+        intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) else None
+
+        def prepare(record: JournalRecord, journal: Journal, owner: str) -> None:
+            # The common case costs one journal write: lease and write-ahead intent together, valid
+            # only if nothing changed since `snapshot` was read.
+            if intent is not None and record.version == snapshot.journal_version and not journal.in_progress:
+                journal.start(**intent, now=self.clock(), owner=owner)
+
         with self._step("lock"):
             lease = acquire_lease(self.home, target=self.target.name, ttl=self.target.lock_ttl,
                                   wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
-                                  sleep=self.sleep)
+                                  prepare=prepare, owner=owner, sleep=self.sleep)
         if lease is None:
             self.log.info("rotation_completed_elsewhere")
             return Outcome(self.target.name, "completed-elsewhere")
-        outcome = Outcome(self.target.name, "not-due")
+        fresh = lease.acquired_from == snapshot.journal_version
         try:
-            outcome = self._work(lease, force=force)
+            outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None)
         except RotatorError as exc:
             self._release(lease, lambda j: j.record_result("failure", self.clock(), error=exc.one_line()))
             raise
@@ -229,39 +245,77 @@ class TargetRotation:
             # Not fatal: the lease expires by itself; the work itself is done or safely resumable.
             self.log.warning("lease_release_failed", error=exc.one_line())
 
-    def _work(self, lease: Lease, *, force: bool) -> Outcome:
+    def _work(self, lease: Lease, *, force: bool, snapshot: Snapshot | None) -> Outcome:
+        """Everything done under the lease. `snapshot` is the state read just before taking the
+        lease, when nothing has changed since (else None, and the state is read again)."""
         outcome = Outcome(self.target.name, "not-due")
         in_progress = lease.journal.in_progress
-        if in_progress:
-            resumed = self._resume(lease, in_progress)
-            if resumed:
-                outcome.result, outcome.new_token_name = "resumed", resumed
-        snapshot = self._snapshot_under(lease)
-        self._discard_stale_pending(lease, snapshot)
-        tokens = self._list_tokens()
-        self._sweep_orphans(lease, snapshot, tokens)
-        if outcome.result != "resumed":
-            reason = "requested" if force else due_reason(snapshot, self.target, self.clock())
-            if reason:
-                self.log.info("rotation_started", reason=reason)
-                outcome.new_token_name = self._rotate(lease, snapshot, tokens)
-                outcome.result = "rotated"
-        outcome.revoked = self._revoke_due(lease)
+        if in_progress and in_progress.get("owner") == lease.owner and snapshot is not None:
+            # our own intent, written with the lease over the state in `snapshot`
+            outcome.new_token_name = self._rotate(lease, snapshot, in_progress)
+            outcome.result = "rotated"
+            served: set[str] = {outcome.new_token_name}
+        else:
+            if in_progress:
+                resumed = self._resume(lease, in_progress)
+                if resumed:
+                    outcome.result, outcome.new_token_name = "resumed", resumed
+            if snapshot is None or in_progress:
+                snapshot = self._snapshot_under(lease)
+            if self._discard_stale_pending(lease, snapshot):
+                snapshot = self._snapshot_under(lease)  # the slots' versions changed
+            if self._needs_sweep(snapshot, had_in_progress=bool(in_progress)):
+                self._sweep_orphans(lease, snapshot, self._list_tokens())
+            served = {n for n in snapshot.served(self.target) if n}
+            if outcome.result != "resumed":
+                reason = "requested" if force else due_reason(snapshot, self.target, self.clock())
+                if reason:
+                    self.log.info("rotation_started", reason=reason)
+                    intent = self._intent(snapshot)
+                    lease.ensure_held()
+                    lease.update(lambda j: j.start(**intent, now=self.clock(), owner=lease.owner))
+                    outcome.new_token_name = self._rotate(lease, snapshot, lease.journal.in_progress or {})
+                    outcome.result = "rotated"
+            if outcome.rotated and outcome.new_token_name:
+                served = {outcome.new_token_name}
+        outcome.revoked = self._revoke_due(lease, served)
         if not outcome.rotated and outcome.revoked:
             outcome.result = "revoked"
-        journal = lease.journal
-        outcome.revocations_pending = [(r["name"], t) for r in journal.pending_revocations
+        outcome.revocations_pending = [(r["name"], t) for r in lease.journal.pending_revocations
                                        if (t := parse_iso(r.get("not_before")))]
         return outcome
 
     def _snapshot_under(self, lease: Lease) -> Snapshot:
         return Snapshot(states=[d.read() for d in self.destinations], journal=lease.journal)
 
+    @staticmethod
+    def _is_quiet(snapshot: Snapshot) -> bool:
+        """No rotation left in flight and no pending value: a new rotation may start directly."""
+        return not snapshot.journal.in_progress and not snapshot.pending_names()
+
+    def _intent(self, snapshot: Snapshot) -> dict[str, Any]:
+        served = [n for n in snapshot.served(self.target) if n]
+        source = served[0] if served else self.target.token_name
+        taken = [*served, *snapshot.pending_names(), *(r["name"] for r in snapshot.journal.pending_revocations)]
+        return {"new_token_name": next_generation(self.target.token_name, self.clock(), taken),
+                "source_token_name": source, "previous": sorted({*served, source})}
+
+    def _needs_sweep(self, snapshot: Snapshot, *, had_in_progress: bool) -> bool:
+        """Listing a client's tokens for orphans costs a call per target; it is needed only where an
+        orphan can exist: after a run that died or failed, and once a day as a safety net. A target
+        whose journal was never written has no rotator-made token at all."""
+        journal = snapshot.journal
+        if journal.is_empty and not had_in_progress:
+            return False
+        last = journal.last_result or {}
+        swept = journal.last_sweep_at
+        return (had_in_progress or bool(snapshot.pending_names()) or last.get("outcome") == "failure"
+                or swept is None or self.clock() - swept >= timedelta(seconds=SWEEP_EVERY))
+
     # --- steps ---------------------------------------------------------------------------------
 
-    def _rotate(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> str:
-        source = self._source_token(snapshot, tokens)
-        new_name, new = self._clone(lease, source, [t.name for t in tokens])
+    def _rotate(self, lease: Lease, snapshot: Snapshot, intent: dict[str, Any]) -> str:
+        new_name, new = self._clone(lease, intent)
         rotated_at = self.clock()
         payloads = [self._payload_for(state, new.value, new_name, rotated_at) for state in snapshot.states]
         with self._step("persist", new_token_name=new_name):
@@ -273,39 +327,56 @@ class TargetRotation:
                 self._abandon_new_token(lease, new_name, stored=True)
                 raise RotationError(f"storing the new token failed: {exc.one_line()}",
                                     target=self.target.name, step="persist") from None
-        lease.update(lambda j: j.set_phase("persisted"))
         self._complete(lease, new_name, new.value)
         return new_name
 
-    def _clone(self, lease: Lease, source: str, existing: list[str]) -> tuple[str, NewToken]:
-        """Clone `source` under a fresh generation name; returns (name, new token).
+    def _clone(self, lease: Lease, intent: dict[str, Any]) -> tuple[str, NewToken]:
+        """Clone the intent's source under its recorded name; returns (name, new token).
 
         A clone whose outcome is unknown (timeout, lost answer, 5xx) may have made a token nobody
-        knows the value of: it is revoked by name, and the clone is tried again under a new name,
-        so one flaky answer does not fail the run. A definite refusal (401/403/404/409) is not retried."""
-        taken = list(existing)
+        knows the value of: it is revoked by name, and the clone is tried again under a new name
+        (recorded first), so one flaky answer does not fail the run. 409 (the name exists: an orphan
+        of an earlier lost answer) is handled the same way; 401/403/404 are not retried."""
+        source = str(intent["source_token_name"])
+        new_name = str(intent["new_token_name"])
+        taken = [new_name, *intent.get("previous", [])]
         for attempt in range(1, CLONE_ATTEMPTS + 1):
-            now = self.clock()
-            new_name = next_generation(self.target.token_name, now, taken)
-            taken.append(new_name)
+            if attempt > 1:
+                new_name = next_generation(self.target.token_name, self.clock(), taken)
+                taken.append(new_name)
+                lease.update(lambda j: j.start(new_name, source, self.clock(), previous=intent.get("previous", ()),
+                                               owner=lease.owner))
             lease.ensure_held()
-            # Write-ahead: the name is durable before Funnelback is asked, so a lost answer is findable.
-            lease.update(lambda j: j.start(new_name, source, now))
             with self._step("clone", source=source, new_token_name=new_name, attempt=attempt) as fields:
                 try:
                     return new_name, self.funnelback.clone_client_token(self.target.client_id, source, new_name)
-                except (FunnelbackTransientError, FunnelbackProtocolError) as exc:
+                except (FunnelbackTransientError, FunnelbackProtocolError, FunnelbackConflictError) as exc:
                     fields.update(outcome="unknown", error=exc.one_line())
                     cleaned = self._abandon_new_token(lease, new_name, stored=False)
                     if not cleaned or attempt == CLONE_ATTEMPTS:
                         raise RotationError(f"cloning {source} failed: {exc.one_line()}",
                                             target=self.target.name, step="clone") from None
+                except FunnelbackNotFoundError:
+                    self._abandon_new_token(lease, new_name, stored=False)
+                    raise self._missing_source(source) from None
                 except FunnelbackError as exc:
                     self._abandon_new_token(lease, new_name, stored=False)
                     raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=self.target.name,
                                         step="clone") from None
             self.sleep(min(2.0, 0.2 * 2 ** attempt))
         raise AssertionError("unreachable")
+
+    def _missing_source(self, source: str) -> RotationError:
+        try:
+            names = {t.name for t in self.funnelback.list_client_tokens(self.target.client_id)}
+        except FunnelbackError:
+            names = set()
+        hint = "check token_name and client_id; rotator clones the live token to keep its permissions"
+        if source != self.target.token_name and self.target.token_name in names:
+            hint = (f"the destinations name {source!r} as current, but only {self.target.token_name!r} exists; "
+                    "store its value in the destinations, or create the missing token")
+        return RotationError(f"token {source!r} does not exist in Funnelback client {self.target.client_id!r}",
+                             target=self.target.name, step="clone", hint=hint)
 
     def _resume(self, lease: Lease, in_progress: dict[str, Any]) -> str | None:
         """Finish (or clean up) the rotation a previous run left. Returns its name if completed."""
@@ -330,7 +401,7 @@ class TargetRotation:
         return new_name
 
     def _complete(self, lease: Lease, new_name: str, value: Secret) -> None:
-        """verify -> schedule the previous tokens' revocation -> promote everywhere."""
+        """verify -> promote everywhere -> schedule the previous tokens' revocation."""
         with self._step("verify", new_token_name=new_name):
             lease.ensure_held()
             snapshot = self._snapshot_under(lease)
@@ -348,17 +419,11 @@ class TargetRotation:
                     raise RotationError("the new token does not authenticate against Funnelback",
                                         target=self.target.name, step="verify",
                                         hint="it was withdrawn from every destination and revoked") from None
-        # The clone's source is retired too, even when no destination served it (adoption).
-        source = (lease.journal.in_progress or {}).get("source_token_name")
-        previous = {name for name in [*snapshot.served(self.target), source] if name and name != new_name}
-        not_before = self.clock() + timedelta(seconds=self.target.grace_period)
-
-        def schedule(journal: Journal) -> None:
-            for name in previous:
-                journal.schedule_revocation(name, not_before)
-            journal.set_phase("promoting")
-
-        lease.update(schedule)
+        # Retire what the destinations served and the clone's source (even when no destination
+        # served it: adoption), as recorded when the rotation started.
+        in_progress = lease.journal.in_progress or {}
+        recorded = [*in_progress.get("previous", []), in_progress.get("source_token_name")]
+        previous = {name for name in [*snapshot.served(self.target), *recorded] if name and name != new_name}
         with self._step("promote", new_token_name=new_name, previous=sorted(previous)):
             for destination, state in zip(self.destinations, snapshot.states):
                 lease.ensure_held()
@@ -369,7 +434,17 @@ class TargetRotation:
                     else state.current.payload
                 assert payload is not None  # checked in verify above
                 destination.promote(payload, state)
-        lease.update(lambda j: j.finish())
+        # Grace starts now that every destination serves the new token. Should this process die
+        # before the journal is written, in_progress still names the previous tokens and the next run
+        # schedules them from its own (later) clock: never earlier than here.
+        not_before = self.clock() + timedelta(seconds=self.target.grace_period)
+
+        def finish(journal: Journal) -> None:
+            for name in previous:
+                journal.schedule_revocation(name, not_before)
+            journal.finish()
+
+        lease.stage(finish)
         self.log.info("rotation_promoted", new_token_name=new_name,
                       revoke_after=iso(not_before) if previous else None)
 
@@ -400,13 +475,16 @@ class TargetRotation:
                 clean = False
         return clean
 
-    def _discard_stale_pending(self, lease: Lease, snapshot: Snapshot) -> None:
-        """Pending values no rotation owns any more (a cleanup that crashed half-way)."""
+    def _discard_stale_pending(self, lease: Lease, snapshot: Snapshot) -> bool:
+        """Pending values no rotation owns any more (a cleanup that crashed half-way). Returns
+        whether anything was discarded."""
         served = set(snapshot.served(self.target))
+        discarded = False
         for destination, state in zip(self.destinations, snapshot.states):
             pending = state.pending.payload
             if pending is None:
                 continue
+            discarded = True
             lease.ensure_held()
             with self._step("discard_stale_pending", destination=destination.label,
                             token_name=pending.token_name):
@@ -414,6 +492,7 @@ class TargetRotation:
             if pending.token_name and pending.token_name not in served and \
                     is_generation(self.target.token_name, pending.token_name):
                 self._revoke(pending.token_name, reason="stale pending value")
+        return discarded
 
     def _sweep_orphans(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> None:
         """Revoke rotator-made tokens that no destination serves and no journal entry explains."""
@@ -422,27 +501,26 @@ class TargetRotation:
         keep |= {r["name"] for r in journal.pending_revocations}
         if journal.in_progress:
             keep.add(journal.in_progress["new_token_name"])
+        clean = True
         for token in tokens:
             if token.name not in keep and is_generation(self.target.token_name, token.name):
                 lease.ensure_held()
-                self._revoke(token.name, reason="orphan")
+                clean = self._revoke(token.name, reason="orphan") and clean
+        if clean:
+            lease.stage(lambda j: j.record_sweep(self.clock()))
 
-    def _revoke_due(self, lease: Lease) -> list[str]:
-        journal = lease.journal
-        due = journal.due_revocations(self.clock())
-        if not due:
-            return []
-        snapshot = self._snapshot_under(lease)
-        still_served = {n for n in snapshot.served(self.target) if n} | snapshot.pending_names()
+    def _revoke_due(self, lease: Lease, served: set[str]) -> list[str]:
+        """Revoke previous tokens whose grace period has passed and that no destination serves."""
+        due = lease.journal.due_revocations(self.clock())
         revoked = []
         for name in due:
-            if name in still_served:
+            if name in served:
                 # Never revoke what a consumer may still be given; a later run resumes promotion first.
                 self.log.warning("revocation_deferred", token_name=name, reason="still served by a destination")
                 continue
             lease.ensure_held()
             if self._revoke(name, reason="grace period over"):
-                lease.update(lambda j, n=name: j.revocation_done(n))
+                lease.stage(lambda j, n=name: j.revocation_done(n))
                 revoked.append(name)
         return revoked
 
@@ -461,20 +539,6 @@ class TargetRotation:
     def _list_tokens(self) -> list[TokenInfo]:
         with self._step("list_tokens"):
             return self.funnelback.list_client_tokens(self.target.client_id)
-
-    def _source_token(self, snapshot: Snapshot, tokens: list[TokenInfo]) -> str:
-        served = [n for n in snapshot.served(self.target) if n]
-        source = served[0] if served else self.target.token_name
-        names = {t.name for t in tokens}
-        if source not in names:
-            if source != self.target.token_name and self.target.token_name in names:
-                source = self.target.token_name
-            else:
-                raise RotationError(
-                    f"token {source!r} does not exist in Funnelback client {self.target.client_id!r}",
-                    target=self.target.name, step="clone",
-                    hint="check token_name and client_id; rotator clones the live token to keep its permissions")
-        return source
 
     def _payload_for(self, state: DestinationState, value: Secret, name: str, rotated_at: datetime) -> Payload:
         base = state.current.payload or Payload(token=value, token_name=None, client_id=None, rotated_at=None)

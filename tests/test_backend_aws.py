@@ -28,13 +28,14 @@ from moto_server import MotoServer, free_port, start_moto_server  # noqa: E402
 from rotator.backends import open_backend  # noqa: E402
 from rotator.backends.aws import AwsDestination, AwsSecretsManagerBackend, _Described, request_token  # noqa: E402
 from rotator.backends.base import DestinationState, JournalRecord, Payload  # noqa: E402
-from rotator.config import BackendSettings, ConfigError  # noqa: E402
+from rotator.config import BackendSettings  # noqa: E402
 from rotator.errors import (  # noqa: E402
     BackendAuthError,
     BackendConflictError,
     BackendError,
     BackendPermissionError,
     BackendUnavailableError,
+    ConfigError,
 )
 from rotator.secret import Secret  # noqa: E402
 
@@ -145,7 +146,7 @@ def test_read_names_the_stage_even_where_moto_would_answer_with_the_first_versio
     first = next(iter(stages(sm, secret_id)))
     sm.put_secret_value(SecretId=secret_id, SecretString=json.dumps({"token": "second-value-0002"}),
                         ClientRequestToken=str(uuid.uuid4()), VersionStages=["AWSPENDING"])
-    second = [v for v, s in stages(sm, secret_id).items() if "AWSPENDING" in s][0]
+    second = next(v for v, s in stages(sm, secret_id).items() if "AWSPENDING" in s)
     sm.update_secret_version_stage(SecretId=secret_id, VersionStage="AWSCURRENT", MoveToVersionId=second,
                                    RemoveFromVersionId=first)
     sm.update_secret_version_stage(SecretId=secret_id, VersionStage="AWSPENDING", RemoveFromVersionId=second)

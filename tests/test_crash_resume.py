@@ -46,7 +46,6 @@ def rerun_converges(stack: Stack, *args: str) -> None:
 # (Funnelback operation, fault) - the process is killed while that call is in flight. A `delay`
 # fault performs the call's effect after the process died (a lost answer); `hang` never performs it.
 STEPS = [
-    ("list_client_tokens", "hang"),
     ("clone_client_token", "hang"),
     ("clone_client_token", "delay"),
     ("current_user", "hang"),

@@ -128,7 +128,7 @@ def test_failures_are_isolated_and_reported(stack: Stack) -> None:
     stack.assert_converged("api")
 
 
-@pytest.mark.parametrize("status,fragment", [(403, "HTTP 403"), (404, "HTTP 404"), (409, "HTTP 409")])
+@pytest.mark.parametrize("status,fragment", [(403, "HTTP 403"), (401, "HTTP 401"), (404, "does not exist")])
 def test_definite_clone_refusals_fail_cleanly(stack: Stack, status: int, fragment: str) -> None:
     old = seed_secret(stack)
     stack.write_config([{"name": "web"}])
@@ -148,6 +148,7 @@ def test_definite_clone_refusals_fail_cleanly(stack: Stack, status: int, fragmen
     {"kind": "lose_answer", "method": "POST", "path": "/clone$", "times": 1},
     {"kind": "lose_answer", "method": "DELETE", "path": "application-token/", "times": 1},
     {"kind": "status", "status": 429, "method": "POST", "path": "/clone$", "times": 1},
+    {"kind": "status", "status": 409, "method": "POST", "path": "/clone$", "times": 1},
 ], ids=lambda f: f"{f['kind']}-{f.get('status', '')}-{f['method']}")
 def test_transient_faults_are_survived_in_one_run(stack: Stack, fault: dict) -> None:
     seed_secret(stack)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import structlog
+import urllib3.exceptions
 
 from rotator.config import FunnelbackApi, FunnelbackSettings
 from rotator.errors import (
@@ -32,6 +34,7 @@ from rotator.funnelback import (
     FunnelbackOutcomeUnknownError,
     Identity,
     NewToken,
+    _classify,
     _parse_time,
     _retry_after,
     extract_token_value,
@@ -550,6 +553,31 @@ def test_timestamps() -> None:
     assert _parse_time(None) is None and _parse_time("") is None
     with pytest.raises(ValueError):
         _parse_time("yesterday")
+
+
+def test_failure_classification() -> None:
+    timeout = (1.0, 2.0)
+    refused = requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
+        None, "/x", urllib3.exceptions.NewConnectionError(None, "refused")))  # type: ignore[arg-type]
+    lost = requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError(
+        "Connection aborted.", ConnectionResetError()))
+    cases = {
+        requests.exceptions.ConnectTimeout(): (True, True),
+        refused: (True, True),
+        requests.exceptions.ReadTimeout(): (False, True),
+        lost: (False, True),
+        requests.exceptions.ChunkedEncodingError(): (False, True),
+        requests.exceptions.SSLError(): (True, False),
+    }
+    for exc, (never_sent, retryable) in cases.items():
+        failure = _classify(exc, timeout)
+        assert (failure.never_sent, failure.retryable) == (never_sent, retryable), exc
+
+
+def test_backoff_is_bounded_full_jitter(client: FunnelbackClient) -> None:
+    delays = [client._backoff(n, None) for n in range(1, 8) for _ in range(50)]
+    assert all(0.0 <= d <= 0.05 for d in delays) and len(set(delays)) > 1
+    assert client._backoff(3, 7.0) == 0.05 and client._backoff(1, 0.0) == 0.0
 
 
 def test_retry_after_forms() -> None:

@@ -695,7 +695,7 @@ class FunnelbackEmulator:
             self.state.login_tokens.clear()  # Funnelback login tokens do not survive a restart
         self._server = _Server((self._host, self._port), self)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
                                         name=f"funnelback-emulator-{self._port}", daemon=True)
         self._thread.start()
         return self
