@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -526,12 +527,20 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
         counts_file = workdir / f"aws-counts-{n}.json"
         argv = [*ROTATOR, "rotate", "--all", "--concurrency", str(args.concurrency), "--config", str(config)]
         if args.profile:
-            argv = [sys.executable, "-m", "pyinstrument", "-r", "html", "-o", str(args.profile.resolve()),
-                    "-m", "rotator", *argv[3:]]
+            # py-spy samples every thread (pyinstrument only the main one, which here just waits)
+            args.profile.mkdir(parents=True, exist_ok=True)
+            argv = ["py-spy", "record", "--nonblocking", "--idle", "--threads", "-r", "100", "-f", "raw",
+                    "-o", str(args.profile.resolve() / f"rotator-{n}.raw"), "--", *argv]
+            moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--idle", "-r", "100", "-f", "raw", "-o",
+                                         str(args.profile.resolve() / f"moto-{n}.raw"), "-p", str(servers["moto"])],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file),
                            "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
         before = {k: cpu_seconds(pid) for k, pid in servers.items()}
         result = run_child(argv, env=env, workdir=workdir, tag=f"rotator-{n}")
+        if args.profile:
+            moto_spy.send_signal(signal.SIGINT)
+            moto_spy.wait(timeout=60)
         row.cpu.update({f"rotator run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
         row.cpu["rotator run: rotator"] = result.cpu
         row.rotator_wall, row.peak_rss_mb = result.wall, result.max_rss_mb
@@ -544,7 +553,7 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
         row.fb_per_rotation = fb_total / n
         row.aws_per_rotation = sum(row.rotator_aws_ops.values()) / n
         row.aws_http_per_rotation = aws.get("http", 0) / n
-        last = result.stdout.strip().splitlines()[-1:] or [""]
+        last = [line for line in result.stdout.splitlines() if line.endswith(" failed")][-1:] or [""]
         if result.returncode != 0 or last[0] != f"{n} ok, 0 failed":
             row.problems.append(f"rotator exited {result.returncode}: {last[0]!r} (see {result.stderr_path})")
         row.problems += verify(emulator, moto.url, rot_targets, rotator_made=True)
@@ -617,8 +626,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="targets (tokens) per Funnelback client (default 5)")
     parser.add_argument("--funnelback-extra", default="",
                         help='extra [funnelback] TOML lines, e.g. "max_concurrency = 32"')
-    parser.add_argument("--profile", type=Path, help="run rotator under pyinstrument, HTML report here "
-                                                     "(timings are then not comparable)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="record rotator (all threads, idle included) and moto with py-spy into DIR "
+                             "(raw collapsed stacks; timings are then not comparable)")
     parser.add_argument("--no-baseline-read", dest="baseline_read", action="store_false",
                         help="skip the second baseline, which first reads AWSCURRENT")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")

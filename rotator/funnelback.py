@@ -424,11 +424,9 @@ class FunnelbackClient:
             except requests.exceptions.RequestException as exc:
                 failure = _classify(exc, self._timeout)
                 del exc
-                log.debug("funnelback.request", method=method, path=path_template, status=None,
-                          attempt=attempt, duration_ms=_ms_since(started), error=failure.reason)
+                _log_request(method, path_template, None, attempt, started, error=failure.reason)
                 return failure
-        log.debug("funnelback.request", method=method, path=path_template, status=answer.status,
-                  attempt=attempt, duration_ms=_ms_since(started))
+        _log_request(method, path_template, answer.status, attempt, started)
         return answer
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
@@ -690,5 +688,12 @@ def _parse_identity(answer: _Answer, method: str, path: str) -> Identity:
                     client_id=client_id if isinstance(client_id, str) else None)
 
 
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000.0, 1)
+def _log_request(method: str, path_template: str, status: int | None, attempt: int, started: float,
+                 **extra: str) -> None:
+    duration_ms = round((time.monotonic() - started) * 1000.0, 1)
+    try:
+        log.debug("funnelback.request", method=method, path=path_template, status=status,
+                  attempt=attempt, duration_ms=duration_ms, **extra)
+    except Exception:  # noqa: BLE001
+        # A broken log sink must not fail the call: after a create it would lose the new value.
+        pass

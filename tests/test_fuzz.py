@@ -17,7 +17,9 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import functools
 import os
+import socket
 import string
 import tempfile
 import threading
@@ -268,7 +270,12 @@ class Answers(ThreadingHTTPServer):
 
 class _AnswerHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = -1                   # headers and body in one segment: no Nagle/delayed-ACK stall
     server: Answers
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -379,6 +386,7 @@ def test_funnelback_answers_give_results_or_rotator_errors(answers: Answers, raw
         call_expecting_rotator_errors(raw_client, name)
 
 
+@functools.lru_cache(maxsize=1)
 def _huge_bodies() -> dict[str, bytes]:
     entry = {"name": "web-20261204T145200Z", "clientId": "acme", "createdAt": "2026-12-04T14:52:00Z",
              "roles": ["client~primary"]}
