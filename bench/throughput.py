@@ -529,9 +529,10 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
         if args.profile:
             # py-spy samples every thread (pyinstrument only the main one, which here just waits)
             args.profile.mkdir(parents=True, exist_ok=True)
-            argv = ["py-spy", "record", "--nonblocking", "--idle", "--threads", "-r", "100", "-f", "raw",
+            idle = ["--idle"] if args.profile_idle else []
+            argv = ["py-spy", "record", "--nonblocking", *idle, "--threads", "-r", "100", "-f", "raw",
                     "-o", str(args.profile.resolve() / f"rotator-{n}.raw"), "--", *argv]
-            moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--idle", "-r", "100", "-f", "raw", "-o",
+            moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", *idle, "-r", "100", "-f", "raw", "-o",
                                          str(args.profile.resolve() / f"moto-{n}.raw"), "-p", str(servers["moto"])],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file),
@@ -627,10 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--funnelback-extra", default="",
                         help='extra [funnelback] TOML lines, e.g. "max_concurrency = 32"')
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="record rotator (all threads, idle included) and moto with py-spy into DIR "
+                        help="record rotator (all threads) and moto with py-spy into DIR "
                              "(raw collapsed stacks; timings are then not comparable)")
     parser.add_argument("--no-baseline-read", dest="baseline_read", action="store_false",
                         help="skip the second baseline, which first reads AWSCURRENT")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="with --profile: also sample threads that wait (wall-clock view, not CPU)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, configs)")
     args = parser.parse_args(argv)

@@ -128,7 +128,10 @@ class Daemon:
                 self._wake.clear()
                 if self._reload_requested:
                     self._reload_requested = False
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception:  # noqa: BLE001 - a reload bug must not take the daemon down
+                        log.exception("config_reload_crashed", action="keeping what runs")
             return self.stop()
         finally:
             self._restore_signals(previous)

@@ -20,6 +20,7 @@ raised after it returned). Errors carry method, path and status, never headers, 
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.cookiejar
 import json
@@ -691,9 +692,7 @@ def _parse_identity(answer: _Answer, method: str, path: str) -> Identity:
 def _log_request(method: str, path_template: str, status: int | None, attempt: int, started: float,
                  **extra: str) -> None:
     duration_ms = round((time.monotonic() - started) * 1000.0, 1)
-    try:
+    # A broken log sink must not fail the call: after a create it would lose the new value.
+    with contextlib.suppress(Exception):
         log.debug("funnelback.request", method=method, path=path_template, status=status,
                   attempt=attempt, duration_ms=duration_ms, **extra)
-    except Exception:  # noqa: BLE001
-        # A broken log sink must not fail the call: after a create it would lose the new value.
-        pass

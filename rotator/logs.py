@@ -24,6 +24,30 @@ _SECRET_KEY = re.compile(r"^(token|value|password|secret|client_token|secret_acc
 _configured = False
 
 
+class _Stderr:
+    """sys.stderr looked up at each write (tests and embedders swap it), and a log line that cannot
+    be written is dropped rather than raised: logging must never fail a rotation step, least of all
+    right after a new token's value arrived."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, Secret):
         return REDACTED
@@ -56,7 +80,7 @@ def _scrub_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
 def configure(*, fmt: str | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog for the whole process. `fmt` None means: console on a TTY, else JSON."""
     global _configured
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     if fmt is None:
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     numeric = logging.getLevelName(level.upper())

@@ -6,6 +6,7 @@ Labels are target names and result words only: never a token value, a token name
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -37,7 +38,8 @@ class Metrics:
                                   "Wall time of rotation runs that did work or failed",
                                   ["target"], buckets=_DURATION_BUCKETS, registry=r)
         self.token_age = Gauge("rotator_token_age_seconds",
-                               "Age of the token the destinations serve (from its stored rotated_at)",
+                               "Age of the token the destinations serve (from its stored rotated_at), "
+                               "as of the scrape",
                                ["target"], registry=r)
         self.last_success = Gauge("rotator_last_success_timestamp_seconds",
                                   "Unix time the last rotation of the target completed", ["target"], registry=r)
@@ -98,7 +100,9 @@ class Metrics:
                       last_success: datetime | None) -> None:
         """The stored state of one target, as read on a tick."""
         if rotated_at is not None:
-            self.token_age.labels(target=target).set(max((now - rotated_at).total_seconds(), 0.0))
+            # computed at scrape time, so the age keeps growing between the target's polls
+            stamp = rotated_at.timestamp()
+            self.token_age.labels(target=target).set_function(lambda: max(time.time() - stamp, 0.0))
         else:
             _remove(self.token_age, target)
         if next_due is not None:

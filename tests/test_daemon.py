@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
@@ -515,7 +515,7 @@ def test_ready_only_after_a_passing_preflight(stack: Stack, daemons) -> None:
     daemons.append(daemon)
     stack.emulator.faults.add(kind="status", method="GET", path="current-user$", status=401, times=None)
     daemon.start()
-    status, body = wait_for(lambda: (r := daemon.get("/readyz"))[0] == 503 and "funnelback" in r[1] and r, 10,
+    _, body = wait_for(lambda: (r := daemon.get("/readyz"))[0] == 503 and "funnelback" in r[1] and r, 10,
                             "/readyz to report the failed preflight")
     assert json.loads(body)["status"] == "unavailable"
     assert daemon.get("/healthz")[0] == 200

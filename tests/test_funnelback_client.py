@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import socket
@@ -676,6 +677,21 @@ def test_requests_are_logged_at_debug_without_secrets(client: FunnelbackClient,
     assert first["path"] == FunnelbackApi().create_client_token and first["attempt"] == 1
     assert isinstance(first["duration_ms"], float)
     assert token.value.reveal() not in repr(logs) and ADMIN not in repr(logs)
+
+
+def test_a_broken_log_sink_does_not_lose_a_new_token(client: FunnelbackClient,
+                                                    emu: FunnelbackEmulator) -> None:
+    closed = io.StringIO()
+    closed.close()  # like a stream captured by a test runner that has finished
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.processors.JSONRenderer()],
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+                        logger_factory=structlog.PrintLoggerFactory(file=closed))
+    try:
+        token = client.create_client_token(CLIENT, "despite-logs")
+    finally:
+        structlog.configure(**saved)
+    assert token.value.reveal() == emu.token_value(CLIENT, "despite-logs")
 
 
 # --- throttles and concurrency --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from rotator import notify
@@ -61,6 +62,14 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _default_structlog() -> Iterator[None]:
+    # An earlier in-process CLI test may leave structlog writing to its (closed) captured stderr.
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
