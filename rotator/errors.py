@@ -72,6 +72,14 @@ class FunnelbackTransientError(FunnelbackError):
     """429, 5xx, timeouts and connection failures that outlasted the retries."""
 
 
+class FunnelbackOutcomeUnknownError(FunnelbackTransientError):
+    """A non-idempotent call (create, clone) may have taken effect but its answer was lost.
+
+    Not retried on purpose: a blind retry would create a second token (or get 409) while the first
+    one's value is gone. The caller finds the token by its name and revokes it.
+    """
+
+
 class FunnelbackProtocolError(FunnelbackError):
     """The answer did not have the shape rotator expects (bad JSON, no token field...)."""
 

@@ -45,6 +45,7 @@ from rotator.errors import (
     FunnelbackConflictError,
     FunnelbackError,
     FunnelbackNotFoundError,
+    FunnelbackOutcomeUnknownError,
     FunnelbackPermissionError,
     FunnelbackProtocolError,
     FunnelbackTransientError,
@@ -77,14 +78,6 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _MAX_BODY: Final = 8 * 1024 * 1024       # a token list larger than this is not a Funnelback answer
 _MAX_ERROR_BODY: Final = 64 * 1024       # enough for {"errors": [...]}, bounded against HTML error pages
 _MAX_MESSAGE: Final = 200
-
-
-class FunnelbackOutcomeUnknownError(FunnelbackTransientError):
-    """A non-idempotent call (create, clone) may have taken effect but its answer was lost.
-
-    Not retried on purpose: a blind retry would create a second token (or get 409) while the first
-    one's value is gone. The caller finds the token by its name and revokes it.
-    """
 
 
 # --- Results ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
@@ -461,6 +461,24 @@ def test_sighup_reloads_a_good_config_and_survives_a_broken_one(stack: Stack, da
     assert code == 0 and took < 10
 
 
+def test_daemon_and_rotate_due_both_wait_for_the_window(stack: Stack, daemons) -> None:
+    seed(stack)   # adopted: no rotated_at, so due now - but only inside the window
+    opens = datetime.combine(datetime.now(timezone.utc).date() + timedelta(days=2), datetime.min.time(),
+                             tzinfo=timezone.utc)
+    daemon = RunningDaemon(stack, [{"name": "web", "interval": "1h"}])
+    daemon.config.write_text(daemon.config.read_text().replace(
+        'lock_wait = "30s"', f'lock_wait = "30s"\nwindow = "{opens:%a} 00:00-24:00"\ntimezone = "UTC"'))
+    daemon.start()
+    wait_for(lambda: daemon.metric("rotator_next_rotation_timestamp_seconds", target="web"), 10, "a first look")
+    assert daemon.metric("rotator_next_rotation_timestamp_seconds", target="web") == opens.timestamp()
+    due = subprocess.run([*stack.command("rotate", "--due")[:-2], "--config", str(daemon.config)], env=stack.env(),
+                         capture_output=True, text=True, timeout=60, cwd=stack.workdir)
+    assert due.returncode == 0 and "web: not-due" in due.stdout, due.stdout + due.stderr
+    assert daemon.stop()[0] == 0
+    assert stack.emulator.calls("clone_client_token") == 0
+    assert "token_name" not in current(stack)
+
+
 def test_bad_listen_address_is_one_clear_line(stack: Stack) -> None:
     import socket
 
@@ -523,3 +541,55 @@ def test_ready_only_after_a_passing_preflight(stack: Stack, daemons) -> None:
     stack.emulator.faults.clear()
     wait_for(lambda: daemon.get("/readyz")[0] == 200, 10, "/readyz 200 after the next preflight")
     assert daemon.stop()[0] == 0
+
+
+# --- in-process units: metrics and the HTTP surface ------------------------------------------------
+
+
+def test_metrics_carry_target_names_only_and_forget_removed_targets() -> None:
+    from rotator.metrics import Metrics
+    from rotator.rotation import Outcome
+
+    metrics = Metrics()
+    metrics.track(["web", "api"])
+    metrics.observe_outcome(Outcome("web", "rotated", new_token_name="web-20261204T150000Z", duration=0.4))
+    metrics.observe_outcome(Outcome("api", "failed", ok=False, error="api clone: secret-ish detail s3cr3t"))
+    text = metrics.render().decode()
+    assert 'rotator_rotations_total{result="rotated",target="web"} 1.0' in text
+    assert 'rotator_target_failing{target="api"} 1.0' in text
+    assert "web-20261204T150000Z" not in text and "s3cr3t" not in text
+    metrics.track(["web"])   # after a reload without "api"
+    assert 'target="api"' not in metrics.render().decode()
+
+
+def test_health_server_endpoints_and_listen_parsing() -> None:
+    from rotator.health import HealthServer, parse_listen
+
+    assert parse_listen("0.0.0.0:9464") == ("0.0.0.0", 9464)
+    assert parse_listen("[::1]:9464") == ("::1", 9464)
+    assert parse_listen(":9464") == ("0.0.0.0", 9464)
+    state = {"ready": (False, "preflight failed: funnelback unreachable")}
+    server = HealthServer("127.0.0.1:0", render_metrics=lambda: b"rotator_up 1.0\n", metrics_content_type="text/plain",
+                          live=lambda: (True, "ok"), ready=lambda: state["ready"]).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        assert get("/metrics") == (200, "rotator_up 1.0\n")
+        assert get("/healthz")[0] == 200
+        status, body = get("/readyz")
+        assert status == 503 and json.loads(body)["reason"] == "preflight failed: funnelback unreachable"
+        state["ready"] = (True, "ready")
+        assert get("/readyz")[0] == 200
+        assert get("/nope")[0] == 404
+        head = urllib.request.Request(base + "/healthz", method="HEAD")
+        with urllib.request.urlopen(head, timeout=5) as response:
+            assert response.status == 200 and response.read() == b""
+    finally:
+        server.stop()

@@ -55,6 +55,11 @@ from rotator.journal import Journal
 from rotator.lease import lease_is_live
 from rotator.naming import is_generation
 from rotator.rotation import Outcome, TargetRotation
+
+try:
+    from rotator.rotation import SWEEP_EVERY
+except ImportError:     # an engine that lists tokens on every run
+    SWEEP_EVERY = 0.0
 from rotator.secret import Secret
 from rotator.testing.funnelback_emulator import Fault, FaultSet, FunnelbackEmulator
 from rotator.testing.memory_store import MemoryDestination
@@ -359,11 +364,13 @@ class Case:
     fault: str
     nth: int | None = 1         # None: every call ("always")
     trigger: str = ""           # discard rows: the failure that leads to discard_pending
+    start: str = "steady"       # steady: rotated before (the usual case); adopt: rotator's first run
 
     @property
     def id(self) -> str:
         if self.layer == "fb":
-            return f"fb:{self.call}-{self.fault}-{'once' if self.nth == 1 else 'always'}"
+            start = "" if self.start == "steady" else f"{self.start}:"
+            return f"fb:{start}{self.call}-{self.fault}-{'once' if self.nth == 1 else 'always'}"
         if self.layer == "dest":
             return f"dest:{self.call}#{self.nth or 'always'}-{self.fault}"
         return f"discard:{self.trigger}:{self.call.split(':')[0]}-{self.fault}"
@@ -375,18 +382,33 @@ class Case:
         return self.fault in (ABSORBED_ONCE if self.nth == 1 else ABSORBED_ALWAYS)
 
 
+def make_steady(emulator: FunnelbackEmulator, client: Any, destinations: Sequence[FaultyDestination],
+                clock: Clock, target: TargetSettings) -> None:
+    """The usual state of a target: rotated by rotator before, long enough ago that it is due again
+    and that the daily orphan sweep (the one run that lists the client's tokens) is due too."""
+    outcome = TargetRotation(target, client, destinations, clock=clock, sleep=lambda s: None).run(force=True)
+    assert outcome.ok, outcome
+    clock.advance(max(SWEEP_EVERY, target.interval) + 1)
+
+
 def _probe_call_counts() -> dict[str, int]:
-    """Destination calls per (destination, operation) in one clean rotation, measured."""
+    """Destination calls per (destination, operation) in one clean rotation of a steady target, measured."""
     with FunnelbackEmulator(admin_token=ADMIN_TOKEN, clients=[CLIENT]) as emulator:
         emulator.add_token(CLIENT, SEED_NAME)
         client = FunnelbackClient(fb_settings(emulator.url))
         try:
             destinations = seed_destinations(emulator, "memory:a", "memory:b")
-            outcome = TargetRotation(make_target(lock_ttl=LOCK_TTL), client, destinations, clock=Clock(),
+            clock, target = Clock(), make_target(lock_ttl=LOCK_TTL)
+            make_steady(emulator, client, destinations, clock, target)
+            for destination in destinations:
+                destination.calls.clear()
+            outcome = TargetRotation(target, client, destinations, clock=clock,
                                      sleep=lambda s: None).run(force=True)
+            lists = emulator.calls("list_client_tokens")
         finally:
             client.close()
     assert outcome.ok, outcome
+    assert lists >= 1, "the steady-state rotation did not list tokens (no orphan sweep)"
     return {f"{label}:{op}": n for label, d in zip("ab", destinations) for op, n in d.calls.items()}
 
 
@@ -395,12 +417,15 @@ CALL_COUNTS = _probe_call_counts()
 
 def build_cases() -> list[Case]:
     cases: list[Case] = []
-    for call in FB_CALLS:
-        for fault in FB_FAULTS:
-            for nth in (1, None):
-                cases.append(Case("fb", call, fault, nth))
-        for fault in ("crash", "crash_after"):
-            cases.append(Case("fb", call, fault, 1))
+    for start in ("steady", "adopt"):
+        for call in FB_CALLS:
+            if start == "adopt" and call == "list":
+                continue            # a first rotation has no orphan to look for: it lists nothing
+            for fault in FB_FAULTS:
+                for nth in (1, None):
+                    cases.append(Case("fb", call, fault, nth, start=start))
+            for fault in ("crash", "crash_after"):
+                cases.append(Case("fb", call, fault, 1, start=start))
     for key, count in sorted(CALL_COUNTS.items()):
         op = key.split(":")[1]
         kinds = READ_KINDS if op in READ_OPS else DEST_KINDS
@@ -545,6 +570,8 @@ def _summary(request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matrix(world: World, case: Case) -> None:
+    if case.start == "steady":
+        make_steady(world.emulator, world.funnelback, world.destinations, world.clock, world.target)
     run_case(world, case)
 
 
