@@ -529,7 +529,7 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
         if args.profile:
             # py-spy samples every thread (pyinstrument only the main one, which here just waits)
             args.profile.mkdir(parents=True, exist_ok=True)
-            idle = ["--idle"] if args.profile_idle else []
+            idle = {"gil": ["--gil"], "wall": ["--idle"], "active": []}[args.profile_mode]
             argv = ["py-spy", "record", "--nonblocking", *idle, "--threads", "-r", "100", "-f", "raw",
                     "-o", str(args.profile.resolve() / f"rotator-{n}.raw"), "--", *argv]
             moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", *idle, "-r", "100", "-f", "raw", "-o",
@@ -632,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(raw collapsed stacks; timings are then not comparable)")
     parser.add_argument("--no-baseline-read", dest="baseline_read", action="store_false",
                         help="skip the second baseline, which first reads AWSCURRENT")
-    parser.add_argument("--profile-idle", action="store_true",
-                        help="with --profile: also sample threads that wait (wall-clock view, not CPU)")
+    parser.add_argument("--profile-mode", choices=("gil", "wall", "active"), default="gil",
+                        help="with --profile: gil = only the thread holding the GIL (where CPU goes, default); "
+                             "wall = every thread, waiting ones too; active = py-spy's own idle filter")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, configs)")
     args = parser.parse_args(argv)

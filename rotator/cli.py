@@ -24,17 +24,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Accepted before or after the command (`rotator --config X status` and `rotator status --config X`);
+    # after the command they must not reset what was given before it, hence SUPPRESS there.
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--config", metavar="PATH", default=default(None),
+                        help="config file (default: $ROTATOR_CONFIG, then ./rotation.toml)")
+    parser.add_argument("--log-format", choices=("json", "console"), default=default(None),
+                        help="log format (default: json when stderr is not a terminal)")
+    parser.add_argument("--log-level", default=default("info"), choices=("debug", "info", "warning", "error"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH",
-                        help="config file (default: $ROTATOR_CONFIG, then ./rotation.toml)")
-    common.add_argument("--log-format", choices=("json", "console"),
-                        help="log format (default: json when stderr is not a terminal)")
-    common.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add_common(common, defaults=False)
 
     parser = _Parser(prog="rotator", description="Zero-downtime rotation of Funnelback application tokens "
                                                  "into HashiCorp Vault and AWS Secrets Manager.")
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    _add_common(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
