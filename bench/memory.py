@@ -211,7 +211,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
             rows.append({"rotations": done, "seconds": round(seconds, 1), "rss_mb": round(rss, 1),
                          "hwm_mb": round(hwm, 1), "gc_objects": len(gc.get_objects()),
                          "secrets_registered": len(registry._values), "threads": threading.active_count()})
-            print(f"#   {store}: {done} rotations, {seconds:.0f} s, RSS {rss:.1f} MB, "
+            print(f"#   {store} loop: {done} rotations, {seconds:.0f} s, RSS {rss:.1f} MB, "
                   f"{rows[-1]['gc_objects']} objects, {rows[-1]['secrets_registered']} secrets registered",
                   file=sys.stderr, flush=True)
 
@@ -282,20 +282,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--loop", choices=("aws", "memory"), help=argparse.SUPPRESS)  # child: one loop
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.loop:
+        print(json.dumps(rotation_loop(args, args.workdir, args.loop, args.rotations), default=str))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="rotator-memory-"))
     print(f"# workdir {workdir}", file=sys.stderr)
     results: dict[str, Any] = {}
     if not args.skip_daemon:
         results["daemon"] = idle_daemon(args, workdir)
         print_daemon(results["daemon"])
-    if args.store in ("aws", "both"):
-        results["aws"] = rotation_loop(args, workdir, "aws", args.rotations)
-        print_loop(results["aws"])
-    if args.store in ("memory", "both"):
-        results["memory"] = rotation_loop(args, workdir, "memory", args.memory_rotations)
-        print_loop(results["memory"])
+    for store, count in (("aws", args.rotations), ("memory", args.memory_rotations)):
+        if args.store not in (store, "both"):
+            continue
+        # each loop in a fresh interpreter of its own: its RSS is rotator's, not an earlier part's
+        done = subprocess.run([sys.executable, __file__, "--loop", store, "--rotations", str(count),
+                               "--loop-targets", str(args.loop_targets), "--sample-every", str(args.sample_every),
+                               "--concurrency", str(args.concurrency), "--workdir", str(workdir)],
+                              stdout=subprocess.PIPE, text=True)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            results[store] = {"error": f"the {store} loop exited {done.returncode}", "failed": 1}
+            print(f"\n## {store} loop FAILED (exit {done.returncode})")
+            continue
+        results[store] = json.loads(lines[-1])
+        print_loop(results[store])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     ok = all(not r.get("failed") and "error" not in r for r in results.values())

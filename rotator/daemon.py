@@ -17,6 +17,11 @@ Between those moments the job polls every ``clamp(interval / 10, 1 s, 60 s)`` (6
 ``schedule``), which notices other writers (another replica, a CronJob, a manual rotation).
 A target whose run fails is retried with exponential backoff (poll period doubling, capped at 5 min).
 
+Several replicas, and `rotate --due` CronJobs, may run side by side: the target's lease lets one
+rotate at a time, and a tick that finds the lease live leaves the target alone. ``--shard I/N``
+(a stable SHA-256 of the target name, see rotator.shard) splits the targets between N replicas,
+e.g. ``--shard $(JOB_COMPLETION_INDEX)/N`` in an Indexed Job or the pod ordinal of a StatefulSet.
+
 Signals: SIGTERM/SIGINT stop taking new work, let runs in flight finish (up to 20 s; a run still
 going then is abandoned: its lease expires and the next start resumes it) and exit 0 (Kubernetes
 allows 30 s). A second SIGTERM/SIGINT exits at once, abandoning runs in flight the same way.
@@ -26,6 +31,7 @@ kept; ``[service] listen`` and ``concurrency`` need a restart).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -108,8 +114,7 @@ class Daemon:
         self._ref = _RuntimeRef(Runtime(config))
         self._state: dict[str, _TargetState] = {}
         self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._reload_requested = False
+        self._signals: list[str] = []     # appended by signal handlers, consumed by the main loop
         self._preflight = _Preflight()
         self._preflight_now = threading.Event()
         self._inflight: dict[str, int] = {}
@@ -124,17 +129,28 @@ class Daemon:
         try:
             self.start()
             while not self._stopping.is_set():
-                self._wake.wait(1.0)
-                self._wake.clear()
-                if self._reload_requested:
-                    self._reload_requested = False
-                    try:
-                        self.reload()
-                    except Exception:  # noqa: BLE001 - a reload bug must not take the daemon down
-                        log.exception("config_reload_crashed", action="keeping what runs")
+                time.sleep(0.1)   # signals interrupt nothing here; they are picked up below
+                for name in self._take_signals():
+                    log.info("signal", signal=name, action="reload" if name == "SIGHUP" else "stop")
+                    if name != "SIGHUP":
+                        self.request_stop()
+                    elif not self._stopping.is_set():
+                        self._reload()
             return self.stop()
         finally:
             self._restore_signals(previous)
+
+    def _take_signals(self) -> list[str]:
+        taken = []
+        while self._signals:
+            taken.append(self._signals.pop(0))
+        return taken
+
+    def _reload(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # noqa: BLE001 - a reload bug must not take the daemon down
+            log.exception("config_reload_crashed", action="keeping what runs")
 
     def start(self) -> None:
         from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
@@ -166,11 +182,6 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
-
-    def request_reload(self) -> None:
-        self._reload_requested = True
-        self._wake.set()
 
     def stop(self) -> int:
         """Stop taking work, wait for runs in flight (bounded), release everything. Returns 0."""
@@ -212,20 +223,18 @@ class Daemon:
             return {}
         previous: dict[int, Any] = {}
 
+        # Handlers only record the signal (the main loop logs and acts): a handler that took a lock
+        # the interrupted main thread holds (an Event's, a logger's, ours) would deadlock.
         def on_stop(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self._stopping.is_set():
+            self._signals.append(signal.Signals(signum).name)
+            if sum(name != "SIGHUP" for name in self._signals) + (1 if self._stopping.is_set() else 0) >= 2:
                 # A second signal (an impatient Ctrl-C): leave now. Runs in flight are abandoned,
                 # exactly as after kill -9: their leases expire and the next start resumes them.
-                log.warning("signal", signal=name, action="exit now", abandoned=sorted(self._running()) or None)
+                _emergency_line(signal.Signals(signum).name, list(self._inflight))
                 _hard_exit(0)
-                return
-            log.info("signal", signal=name, action="stop")
-            self.request_stop()
 
         def on_hup(_signum: int, _frame: Any) -> None:
-            log.info("signal", signal="SIGHUP", action="reload")
-            self.request_reload()
+            self._signals.append("SIGHUP")
 
         for signum, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup)):
             previous[signum] = signal.signal(signum, handler)
@@ -517,6 +526,17 @@ class Daemon:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _emergency_line(signal_name: str, in_flight: list[str]) -> None:
+    """One JSON log line written straight to stderr's descriptor (safe inside a signal handler)."""
+    line = {"signal": signal_name, "action": "exit now", "abandoned": sorted(set(in_flight)) or None,
+            "hint": "their leases expire and the next run resumes them", "event": "signal",
+            "level": "warning", "timestamp": iso(_utcnow())}
+    try:
+        os.write(2, (json.dumps(line) + "\n").encode())
+    except OSError:
+        pass
 
 
 def _hard_exit(code: int) -> None:

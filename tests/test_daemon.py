@@ -274,9 +274,9 @@ def test_rotates_every_interval_revokes_after_grace_serves_probes_and_stops_clea
 
         wait_for(record, 15, "three rotations", step=0.05)
         names = sorted(seen)
-        # roughly every 3 s (rotated_at is stored to the second, so a cycle is 2-4 s)
+        # roughly every 3 s (rotated_at is stored to the second, so a cycle is 2-4 s; slack for a loaded CI)
         gaps = [seen[b] - seen[a] for a, b in zip(names, names[1:])]
-        assert all(1.5 <= gap <= 4.5 for gap in gaps), gaps
+        assert all(1.0 <= gap <= 6.0 for gap in gaps), gaps
         # the previous tokens are revoked once their 1 s grace has passed
         wait_for(lambda: not ({"web", names[0], names[1]} & set(stack.emulator.token_names("acme"))), 5,
                  "the previous tokens to be revoked")

@@ -662,6 +662,24 @@ def test_a_clone_that_lands_after_its_timeout_leaves_no_orphan(world: World) -> 
     assert rotator_tokens(world.emulator) == [first.new_token_name], "an orphan stays live on Funnelback"
 
 
+def test_orphans_of_a_failed_run_are_swept_by_the_next_rotation(world: World) -> None:
+    """Invariant 3: every clone of a run timed out and took effect only later (a slow server): the
+    run failed, and each name was revoked before its token existed. The next run must find those
+    tokens by name and revoke them; a rotation that skips the orphan sweep after a failed run leaves
+    live tokens nobody knows the value of."""
+    make_steady(world.emulator, world.funnelback, world.destinations, world.clock, world.target)
+    world.emulator.faults.add(kind="delay", delay_seconds=LATE, method="POST", path=r"/clone$", times=None)
+    failed = world.rotation().run(force=True)
+    assert not failed.ok
+    world.emulator.faults.clear()
+    time.sleep(LATE + 0.1)
+    assert len(rotator_tokens(world.emulator)) == 4, "the late clones did not land (test set-up)"
+    world.clock.advance(LOCK_TTL + 1)
+    again = world.rotation().run(force=False)
+    assert again.ok and again.result == "rotated", again
+    assert_converged(world.emulator, world.destinations, now=world.clock())
+
+
 # --- the real AWS backend (boto3 -> moto) behind the same destination faults ------------------------
 
 

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import ADMIN_TOKEN, SEED_NAME, make_target
@@ -239,6 +239,8 @@ def mutate(doc: dict[str, Any], how: str, path: tuple[Any, ...], value: Any, nam
 
 @settings(FUZZ, max_examples=400)
 @given(st.lists(mutation, min_size=1, max_size=4))
+@example([("replace", ("notify", 0, "on", 0), [], "x")])           # found by this test: on = [[]]
+@example([("replace", ("defaults", "window"), ["Mon"], "x")])
 def test_mutated_valid_config_loads_or_raises_config_error(mutations: list[Any]) -> None:
     doc = copy.deepcopy(VALID)
     for how, path, value, name in mutations:
