@@ -348,7 +348,7 @@ class Daemon:
     def _observe(self, target: TargetSettings, snapshot: Snapshot, now: datetime, *,
                  busy_until: datetime | None = None) -> None:
         """Metrics, staleness and the next precise wake-up, from what is stored."""
-        rotated_at = snapshot.newest_rotation()
+        rotated_at = snapshot.oldest_rotation()
         journal = snapshot.journal
         due = next_due_at(snapshot, target, now)
         self.metrics.observe_state(target.name, now=now, rotated_at=rotated_at, next_due=due,

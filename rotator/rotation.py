@@ -34,7 +34,7 @@ from rotator.errors import (
 )
 from rotator.funnelback import FunnelbackClient, NewToken, TokenInfo
 from rotator.journal import Journal, iso, parse_iso
-from rotator.lease import Lease, acquire_lease, new_owner_id
+from rotator.lease import Lease, acquire_lease, lease_is_live, new_owner_id
 from rotator.logs import get_logger
 from rotator.naming import is_generation, next_generation
 from rotator.secret import Secret
@@ -54,7 +54,8 @@ class Outcome:
     """What one run did for one target; printed by the CLI and counted by metrics."""
 
     target: str
-    result: str                      # rotated | resumed | completed-elsewhere | revoked | not-due | dry-run | failed
+    # rotated | resumed | completed-elsewhere | in-progress-elsewhere | revoked | not-due | dry-run | failed
+    result: str
     ok: bool = True
     new_token_name: str | None = None
     revoked: list[str] = field(default_factory=list)
@@ -84,7 +85,7 @@ class Snapshot:
         return {s.pending.payload.token_name for s in self.states
                 if s.pending.payload and s.pending.payload.token_name}
 
-    def newest_rotation(self) -> datetime | None:
+    def oldest_rotation(self) -> datetime | None:
         times = [s.current.payload.rotated_at for s in self.states if s.current.payload]
         if not times or any(t is None for t in times):
             return None
@@ -117,7 +118,7 @@ def due_reason(snapshot: Snapshot, target: TargetSettings, now: datetime) -> str
         return "a destination holds no token yet"
     if len(set(served)) > 1:
         return "destinations serve different tokens"
-    rotated_at = snapshot.newest_rotation()
+    rotated_at = snapshot.oldest_rotation()
     if not scheduling.is_due(target, rotated_at, now):
         return None
     if rotated_at is None:
@@ -137,7 +138,7 @@ def next_due_at(snapshot: Snapshot, target: TargetSettings, now: datetime | None
     if any(name is None for name in served) or len(set(served)) > 1:
         return None
     now = now or datetime.now(timezone.utc)
-    rotated_at = snapshot.newest_rotation()
+    rotated_at = snapshot.oldest_rotation()
     when = scheduling.next_due(target, rotated_at, now)
     if rotated_at is None and when is not None and when <= now:
         return None
@@ -196,7 +197,7 @@ class TargetRotation:
                 outcome = self._run_under_lease(force=force, started=started, snapshot=snapshot,
                                                 rotate=bool(reason))
             else:
-                outcome.plan.append(f"not due until {iso(next_due_at(snapshot, self.target) or now)}")
+                outcome.plan.append(f"not due until {iso(next_due_at(snapshot, self.target, now=now) or now)}")
         except RotatorError as exc:
             outcome = Outcome(self.target.name, "failed", ok=False, error=exc.one_line())
             self.log.error("rotation_failed", error=exc.one_line())
@@ -205,8 +206,12 @@ class TargetRotation:
 
     def _run_under_lease(self, *, force: bool, started: datetime, snapshot: Snapshot, rotate: bool) -> Outcome:
         def finished_elsewhere(journal: Journal) -> bool:
+            if not force:
+                # A due-run (CronJob, daemon) leaves a target alone while another live process works
+                # on it: that process finishes the job, and waiting would only stall the batch.
+                return lease_is_live(journal, self.clock())
             done = journal.last_success_at
-            return force and done is not None and done >= started
+            return done is not None and done >= started
 
         owner = new_owner_id()
         intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) else None
@@ -222,8 +227,9 @@ class TargetRotation:
                                   wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
                                   prepare=prepare, owner=owner, sleep=self.sleep)
         if lease is None:
-            self.log.info("rotation_completed_elsewhere")
-            return Outcome(self.target.name, "completed-elsewhere")
+            result = "completed-elsewhere" if force else "in-progress-elsewhere"
+            self.log.info("rotation_" + result.replace("-", "_"))
+            return Outcome(self.target.name, result)
         fresh = lease.acquired_from == snapshot.journal_version
         try:
             outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None)

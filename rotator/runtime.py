@@ -136,7 +136,7 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
         status.update(error=exc.one_line(), state="unknown")
         return status
     served = snapshot.served(target)
-    rotated_at = snapshot.newest_rotation()
+    rotated_at = snapshot.oldest_rotation()
     journal = snapshot.journal
     in_progress = journal.in_progress
     status.update(
@@ -148,7 +148,7 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
         diverged=len(set(served)) > 1,
         rotated_at=iso(rotated_at) if rotated_at else None,
         age_seconds=round((now - rotated_at).total_seconds()) if rotated_at else None,
-        next_due=iso(due) if (due := next_due_at(snapshot, target)) else "now",
+        next_due=iso(due) if (due := next_due_at(snapshot, target, now=now)) else "now",
         due=bool(due_reason(snapshot, target, now)),
         pending_work=pending_work(snapshot, target, now),
         in_progress=({"new_token_name": in_progress.get("new_token_name"), "phase": in_progress.get("phase"),
