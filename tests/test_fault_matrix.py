@@ -775,6 +775,28 @@ def test_matrix_aws(emulator: FunnelbackEmulator, fb_client: FunnelbackClient, a
     assert journal.lease_owner is None or not lease_is_live(journal, clock()), journal.data
 
 
+def test_a_rotation_right_after_an_abandoned_one_reuses_no_name(emulator: FunnelbackEmulator,
+                                                                 fb_client: FunnelbackClient,
+                                                                 aws_backend: Any) -> None:
+    """The new token was refused (verify 401), withdrawn and revoked; the next run starts within
+    the same second. It must not clone under the abandoned token's name again: AWS derives the
+    pending write's ClientRequestToken from (secret, current version, token name), so the reused
+    name collides with the withdrawn version (ResourceExistsException) and the run fails."""
+    destination = FaultyAws(aws_backend.destination({"secret_id": f"fm/{uuid.uuid4().hex[:10]}"}, target="web"))
+    value = emulator.token_value(CLIENT, SEED_NAME)
+    aws_backend.client.create_secret(Name=destination.inner.secret_id, SecretString=f'{{"token": "{value}"}}')
+    clock = Clock()                                   # time does not move: both runs in one second
+    target = make_target(lock_ttl=LOCK_TTL)
+    emulator.faults.add(kind="status", status=401, method="GET", path=r"/current-user$", times=1)
+    first = TargetRotation(target, fb_client, [destination], clock=clock, sleep=lambda s: None).run(force=True)
+    assert not first.ok and "authenticate" in (first.error or ""), first
+    again = TargetRotation(target, fb_client, [destination], clock=clock, sleep=lambda s: None).run(force=False)
+    assert again.ok, again
+    current = aws_current(destination)
+    assert emulator.token_value(CLIENT, current.token_name) == current.token.reveal()
+    assert rotator_tokens(emulator) == [current.token_name]
+
+
 # --- a subset through the real CLI (subprocess) against moto ---------------------------------------
 
 
