@@ -138,6 +138,21 @@ BACKEND_SPECS: dict[str, BackendSpec] = {
 }
 
 
+# Every key the file accepts, per section (the README's configuration reference is checked against these).
+TOP_LEVEL_KEYS = frozenset({"funnelback", "service", "defaults", "backends", "targets", "notify"})
+FUNNELBACK_KEYS = frozenset({"url", "api", "token_env", "token_file", "username", "password_env", "password_file",
+                             "timeout", "connect_timeout", "retries", "backoff_base", "backoff_max", "verify_tls",
+                             "ca_cert", "max_requests_per_second", "max_concurrency"})
+SERVICE_KEYS = frozenset({"listen", "concurrency", "preflight_interval"})
+NOTIFY_KEYS = frozenset({"url", "url_env", "url_file", "format", "on", "timeout"})
+VAULT_AUTH_KEYS = {
+    "token": frozenset({"method", "token_env", "token_file"}),
+    "approle": frozenset({"method", "role_id", "role_id_env", "role_id_file", "secret_id_env", "secret_id_file",
+                          "mount"}),
+    "kubernetes": frozenset({"method", "role", "jwt_file", "mount"}),
+}
+
+
 @dataclass(frozen=True)
 class BackendSettings:
     name: str
@@ -353,8 +368,7 @@ class _Parser:
     # -- sections --
 
     def parse(self, data: dict[str, Any]) -> Config:
-        self.check_keys("", data, {"funnelback", "service", "defaults", "backends", "targets", "notify"},
-                        required=("funnelback", "targets"))
+        self.check_keys("", data, TOP_LEVEL_KEYS, required=("funnelback", "targets"))
         funnelback = self.funnelback(self.table("funnelback", data["funnelback"]))
         service = self.service(self.table("service", data.get("service", {})))
         backends = self.backends(self.table("backends", data.get("backends", {})))
@@ -375,10 +389,7 @@ class _Parser:
                       targets=targets, notify=notify)
 
     def funnelback(self, table: dict[str, Any]) -> FunnelbackSettings:
-        allowed = {"url", "api", "token_env", "token_file", "username", "password_env", "password_file",
-                   "timeout", "connect_timeout", "retries", "backoff_base", "backoff_max", "verify_tls",
-                   "ca_cert", "max_requests_per_second", "max_concurrency"}
-        self.check_keys("funnelback", table, allowed, required=("url",))
+        self.check_keys("funnelback", table, FUNNELBACK_KEYS, required=("url",))
         url = self.string("funnelback.url", table["url"], pattern=re.compile(r"^https?://[^\s/]+"),
                           hint="write the admin API base, e.g. https://search.example.com:8443/admin-api")
         self.exclusive_reference("funnelback", table, "token", required=False)
@@ -430,7 +441,7 @@ class _Parser:
         return FunnelbackApi(**values)
 
     def service(self, table: dict[str, Any]) -> ServiceSettings:
-        self.check_keys("service", table, {"listen", "concurrency", "preflight_interval"})
+        self.check_keys("service", table, SERVICE_KEYS)
         values: dict[str, Any] = {}
         if "listen" in table:
             listen = self.string("service.listen", table["listen"],
@@ -494,18 +505,17 @@ class _Parser:
         method = auth.get("method")
         auth_where = f"{where}.auth"
         if method == "token":
-            self.check_keys(auth_where, auth, {"method", "token_env", "token_file"})
+            self.check_keys(auth_where, auth, VAULT_AUTH_KEYS["token"])
             self.exclusive_reference(auth_where, auth, "token", required=True)
         elif method == "approle":
-            self.check_keys(auth_where, auth, {"method", "role_id", "role_id_env", "role_id_file",
-                                               "secret_id_env", "secret_id_file", "mount"})
+            self.check_keys(auth_where, auth, VAULT_AUTH_KEYS["approle"])
             if "role_id" in auth:
                 self.string(f"{auth_where}.role_id", auth["role_id"])
             else:
                 self.exclusive_reference(auth_where, auth, "role_id", required=True)
             self.exclusive_reference(auth_where, auth, "secret_id", required=True)
         elif method == "kubernetes":
-            self.check_keys(auth_where, auth, {"method", "role", "jwt_file", "mount"}, required=("role",))
+            self.check_keys(auth_where, auth, VAULT_AUTH_KEYS["kubernetes"], required=("role",))
             self.string(f"{auth_where}.role", auth["role"])
         else:
             raise self.error(f"{auth_where}.method", f"unknown auth method {method!r}" if method else "missing method",
@@ -617,7 +627,7 @@ class _Parser:
 
     def notify(self, index: int, table: dict[str, Any]) -> NotifySettings:
         where = f"notify[{index}]"
-        self.check_keys(where, table, {"url", "url_env", "url_file", "format", "on", "timeout"})
+        self.check_keys(where, table, NOTIFY_KEYS)
         refs = [k for k in ("url", "url_env", "url_file") if k in table]
         if len(refs) != 1:
             raise self.error(f"{where}.url_env", "set exactly one of url, url_env, url_file",
