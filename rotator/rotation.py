@@ -234,7 +234,8 @@ class TargetRotation:
         try:
             outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None)
         except RotatorError as exc:
-            self._release(lease, lambda j: j.record_result("failure", self.clock(), error=exc.one_line()))
+            message = exc.one_line()
+            self._release(lease, lambda j: j.record_result("failure", self.clock(), error=message))
             raise
         except BaseException:
             lease.abandon()  # e.g. KeyboardInterrupt: the lease expires on its own; the next run resumes
@@ -327,7 +328,7 @@ class TargetRotation:
         with self._step("persist", new_token_name=new_name):
             try:
                 lease.ensure_held()
-                for destination, state, payload in zip(self.destinations, snapshot.states, payloads):
+                for destination, state, payload in zip(self.destinations, snapshot.states, payloads, strict=True):
                     destination.write_pending(payload, state)
             except RotatorError as exc:
                 self._abandon_new_token(lease, new_name, stored=True)
@@ -350,8 +351,8 @@ class TargetRotation:
             if attempt > 1:
                 new_name = next_generation(self.target.token_name, self.clock(), taken)
                 taken.append(new_name)
-                lease.update(lambda j: j.start(new_name, source, self.clock(), previous=intent.get("previous", ()),
-                                               owner=lease.owner))
+                lease.update(lambda j, name=new_name: j.start(name, source, self.clock(), owner=lease.owner,
+                                                              previous=intent.get("previous", ())))
             lease.ensure_held()
             with self._step("clone", source=source, new_token_name=new_name, attempt=attempt) as fields:
                 try:
@@ -399,7 +400,7 @@ class TargetRotation:
                                     target=self.target.name, step="resume", hint="the next run tries again")
             return None
         with self._step("persist", new_token_name=new_name, resumed=True):
-            for destination, state in zip(self.destinations, snapshot.states):
+            for destination, state in zip(self.destinations, snapshot.states, strict=True):
                 if not _holds(state, holder):
                     destination.write_pending(
                         self._payload_for(state, holder.token, new_name, holder.rotated_at or self.clock()), state)
@@ -411,7 +412,7 @@ class TargetRotation:
         with self._step("verify", new_token_name=new_name):
             lease.ensure_held()
             snapshot = self._snapshot_under(lease)
-            for destination, state in zip(self.destinations, snapshot.states):
+            for destination, state in zip(self.destinations, snapshot.states, strict=True):
                 if not any(slot.payload is not None and slot.payload.token == value
                            for slot in (state.pending, state.current)):
                     raise RotationError(f"{destination.label} does not hold the new token when read back",
@@ -431,7 +432,7 @@ class TargetRotation:
         recorded = [*in_progress.get("previous", []), in_progress.get("source_token_name")]
         previous = {name for name in [*snapshot.served(self.target), *recorded] if name and name != new_name}
         with self._step("promote", new_token_name=new_name, previous=sorted(previous)):
-            for destination, state in zip(self.destinations, snapshot.states):
+            for destination, state in zip(self.destinations, snapshot.states, strict=True):
                 lease.ensure_held()
                 if state.current.payload is not None and state.current.payload.token == value \
                         and state.pending.payload is None:
@@ -486,7 +487,7 @@ class TargetRotation:
         whether anything was discarded."""
         served = set(snapshot.served(self.target))
         discarded = False
-        for destination, state in zip(self.destinations, snapshot.states):
+        for destination, state in zip(self.destinations, snapshot.states, strict=True):
             pending = state.pending.payload
             if pending is None:
                 continue

@@ -144,7 +144,7 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
         destinations=[{"destination": d.label, "token_name": name,
                        "pending_token_name": (s.pending.payload.token_name if s.pending.payload else None),
                        "exists": s.exists}
-                      for d, s, name in zip(rotation.destinations, snapshot.states, served)],
+                      for d, s, name in zip(rotation.destinations, snapshot.states, served, strict=True)],
         diverged=len(set(served)) > 1,
         rotated_at=iso(rotated_at) if rotated_at else None,
         age_seconds=round((now - rotated_at).total_seconds()) if rotated_at else None,

@@ -47,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet  # noqa: F401 - re-exported
 from urllib.parse import parse_qs, unquote
 
 API_PREFIX = "/admin-api"
@@ -75,7 +77,6 @@ _OPERATION_METHODS: dict[str, str] = {
     "list_user_tokens": "GET", "create_user_token": "PUT", "revoke_user_token": "DELETE",
 }
 
-FAULT_KINDS = frozenset({"status", "delay", "hang", "lose_answer", "reset"})
 
 
 def _now() -> str:
@@ -85,83 +86,6 @@ def _now() -> str:
 # --- Faults -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Fault:
-    """One injected misbehaviour, applied to the next `times` matching admin-API calls.
-
-    kinds: `status` (answer `status`, no effect), `delay` (sleep `delay_seconds`, then normal),
-    `hang` (never answer; hold until stop, `delay_seconds` if > 0, or the client leaves),
-    `lose_answer` (do the effect, close without answering), `reset` (TCP reset, no effect).
-    """
-
-    kind: str
-    path: str = ".*"                # regex searched in the request path (which includes /admin-api)
-    method: str = "*"
-    times: int | None = 1           # None: every matching call, forever
-    status: int = 500
-    retry_after: float | None = None
-    delay_seconds: float = 0.0
-    body: str | None = None         # raw body for `status`; default {"errors": ["injected ..."]}
-    headers: dict[str, str] = field(default_factory=dict)
-    hits: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
-        self.method = self.method.upper()
-        self._regex = re.compile(self.path)
-
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method in ("*", method)) and self._regex.search(path) is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "method": self.method, "times": self.times,
-                "status": self.status, "retry_after": self.retry_after,
-                "delay_seconds": self.delay_seconds, "hits": self.hits}
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Fault:
-        known = {"kind", "path", "method", "times", "status", "retry_after", "delay_seconds", "body",
-                 "headers"}
-        unknown = set(doc) - known
-        if unknown:
-            raise ValueError(f"unknown fault keys {sorted(unknown)}")
-        return cls(**doc)
-
-
-class FaultSet:
-    """Thread-safe list of faults; the first matching one with calls left is consumed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def add(self, fault: Fault | None = None, /, **kwargs: Any) -> Fault:
-        fault = fault if fault is not None else Fault(**kwargs)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear(self) -> int:
-        with self._lock:
-            count, self._faults = len(self._faults), []
-        return count
-
-    def list(self) -> list[Fault]:
-        with self._lock:
-            return list(self._faults)
-
-    def take(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.hits += 1
-                    if fault.times is not None:
-                        fault.times -= 1
-                        if fault.times <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
 
 
 # --- State and the API's semantics ---------------------------------------------------------------

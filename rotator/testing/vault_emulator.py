@@ -74,6 +74,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet  # noqa: F401 - re-exported
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # Vault's defaults: 768h default and max lease TTL, 10 versions kept by KV v2.
@@ -210,77 +212,8 @@ class ApiError(Exception):
         self.body = body
 
 
-FAULT_KINDS = frozenset({"status", "delay", "hang", "lose_answer", "reset"})
 
 
-@dataclass
-class Fault:
-    """One injected misbehaviour for the next `times` matching API calls (same shape as the
-    Funnelback emulator's faults).
-
-    kinds: `status` (answer `status` with `{"errors": [...]}`, no effect), `delay` (wait
-    `delay_seconds`, then normal), `hang` (never answer; hold until stop, `delay_seconds` if > 0, or
-    the client leaves), `lose_answer` (do the effect, close without answering), `reset` (TCP reset,
-    no effect). `path` is a regex searched in the request path, e.g. ``r"/v1/secret/data/app$"``.
-    """
-
-    kind: str
-    path: str = ".*"
-    method: str = "*"
-    times: int | None = 1           # None: every matching call, forever
-    status: int = 500
-    errors: list[str] | None = None
-    delay_seconds: float = 0.0
-    hits: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
-        self.method = self.method.upper()
-        self._regex = re.compile(self.path)
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and self._regex.search(path) is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "method": self.method, "times": self.times,
-                "status": self.status, "errors": self.errors, "delay_seconds": self.delay_seconds,
-                "hits": self.hits}
-
-
-class FaultSet:
-    """Thread-safe list of faults; the first matching one with calls left is consumed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def add(self, fault: Fault | None = None, /, **kwargs: Any) -> Fault:
-        fault = fault if fault is not None else Fault(**kwargs)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear(self) -> int:
-        with self._lock:
-            count, self._faults = len(self._faults), []
-        return count
-
-    def list(self) -> list[Fault]:
-        with self._lock:
-            return list(self._faults)
-
-    def take(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.hits += 1
-                    if fault.times is not None:
-                        fault.times -= 1
-                        if fault.times <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
 
 
 @dataclass
