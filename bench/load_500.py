@@ -33,15 +33,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from moto_server import start_moto_server  # noqa: E402
+from moto_server import start_moto_server
 
-from rotator.naming import is_generation  # noqa: E402
-from rotator.testing.funnelback_emulator import Fault, FaultSet, FunnelbackEmulator  # noqa: E402
+from rotator.naming import is_generation
+from rotator.testing.funnelback_emulator import Fault, FaultSet, FunnelbackEmulator
 
 ADMIN_TOKEN = "load-test-admin-token-0123456789"
 CLIENT = "acme"
-FAULT_KINDS = [dict(kind="status", status=503), dict(kind="status", status=429, retry_after=0.05),
-               dict(kind="delay", delay_seconds=0.2)]
+FAULT_KINDS = [{"kind": "status", "status": 503}, {"kind": "status", "status": 429, "retry_after": 0.05},
+               {"kind": "delay", "delay_seconds": 0.2}]
 CHILD = ("import resource, sys\n"
          "from rotator.cli import main\n"
          "try:\n"
@@ -163,7 +163,7 @@ def run_once(count: int, args: argparse.Namespace, moto_url: str, workdir: Path)
         else:
             result = subprocess.run([sys.executable, "-c", CHILD, "rotate", "--all", "--json", "--config",
                                      str(config), "--log-level", "warning"],
-                                    env=env_for_child(), capture_output=True, text=True, timeout=3600)
+                                    env=env_for_child(), capture_output=True, text=True, timeout=3600, check=False)
             exit_code = result.returncode
             try:
                 outcomes_json = json.loads(result.stdout)

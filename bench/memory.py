@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory footprint: the idle daemon with many targets, and RSS across repeated rotations.
 
-    python bench/memory.py                                    # all three parts, about 12 minutes
+    python bench/memory.py                                    # all parts, about 8 minutes
     python bench/memory.py --skip-daemon --store memory --rotations 10000
 
 1. Idle daemon: `python -m rotator run` with `--targets` (1,000) targets, interval 30d, against the
@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import argparse
-import collections
 import gc
 import json
 import os
@@ -50,7 +49,9 @@ from throughput import (  # noqa: E402
     Target,
     boto_client,
     emulator_process,
+    SITECUSTOMIZE,
     make_targets,
+    memory_runtime,
     rotator_env,
     write_config,
 )
@@ -85,12 +86,16 @@ def seed_rotated(emulator: Any, moto_url: str, targets: list[Target], workers: i
 # --- 1. idle daemon -------------------------------------------------------------------------------
 
 
-def idle_daemon(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def idle_daemon(args: argparse.Namespace, workdir: Path, count: int) -> dict[str, Any]:
     from moto_server import free_port, start_moto_server
 
-    result: dict[str, Any] = {"targets": args.targets, "seconds": args.daemon_seconds}
+    result: dict[str, Any] = {"targets": count, "seconds": args.daemon_seconds}
+    sitedir = workdir / "site"
+    sitedir.mkdir(exist_ok=True)
+    (sitedir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    counts_file = workdir / f"daemon-aws-{count}.json"
     with emulator_process(delay=0.0, workdir=workdir) as emulator, start_moto_server(subprocess=True) as moto:
-        targets = make_targets("d", args.targets, 5)
+        targets = make_targets("d", count, 5)
         begin = time.perf_counter()
         seed_rotated(emulator, moto.url, targets)
         result["seed_seconds"] = round(time.perf_counter() - begin, 1)
@@ -99,7 +104,8 @@ def idle_daemon(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                               extra_service=f'listen = "127.0.0.1:{free_port()}"')
         emulator.reset_counters()
         err = open(workdir / "daemon.stderr", "wb")
-        process = subprocess.Popen([*ROTATOR, "run", "--config", str(config)], env=rotator_env(), cwd=workdir,
+        env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file), "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
+        process = subprocess.Popen([*ROTATOR, "run", "--config", str(config)], env=env, cwd=workdir,
                                    stdout=subprocess.DEVNULL, stderr=err)
         samples: list[tuple[float, float]] = []
         start = time.monotonic()
@@ -126,6 +132,8 @@ def idle_daemon(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         result["funnelback_calls"] = sum(counters.values())
         result["exit_code"] = process.returncode
         result["log_lines"] = sum(1 for _ in open(workdir / "daemon.stderr", "rb"))
+        aws = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+        result["aws_calls"] = {k[3:]: v for k, v in sorted(aws.items()) if k.startswith("op:")}
     result["samples"] = samples
     if samples:
         tail = [rss for t, rss in samples if t >= args.daemon_seconds / 2]
@@ -138,23 +146,10 @@ def idle_daemon(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # --- 2/3. repeated rotations in this process --------------------------------------------------------
 
 
-class _LeanMemoryDestination:
-    """rotator.testing.memory_store.MemoryDestination without its unbounded `history` list."""
-
-    @staticmethod
-    def make(label: str) -> Any:
-        from rotator.testing.memory_store import MemoryDestination
-
-        destination = MemoryDestination(label)
-        destination.history = collections.deque(maxlen=2)  # type: ignore[assignment]
-        return destination
-
-
 def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations: int) -> dict[str, Any]:
     from moto_server import start_moto_server
 
     from rotator import logs
-    from rotator.backends.base import Payload
     from rotator.config import load_config
     from rotator.runtime import Runtime, rotate_targets
     from rotator.secret import registry
@@ -184,27 +179,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
         def clock() -> datetime:
             return clock_base + timedelta(hours=round_no, seconds=time.monotonic() - loop_started)
 
-        if store == "memory":
-            destinations = {}
-            for t in targets:
-                destination = _LeanMemoryDestination.make(f"mem:{t.secret_id}")
-                destination.seed(Payload.from_dict({"token": t.value}))
-                destinations[t.secret_id] = destination
-
-            class _MemoryBackend:
-                def destination(self, options: Any, *, target: str) -> Any:
-                    return destinations[options["secret_id"]]
-
-                def close(self) -> None:
-                    pass
-
-            class MemoryRuntime(Runtime):
-                def backend(self, name: str) -> Any:
-                    return _MemoryBackend()
-
-            runtime: Any = MemoryRuntime(config, clock=clock)
-        else:
-            runtime = Runtime(config, clock=clock)
+        runtime: Any = memory_runtime(config, targets, clock) if store == "memory" else Runtime(config, clock=clock)
 
         def sample(done: int, seconds: float) -> None:
             rss, hwm = rss_mb()
@@ -247,11 +222,12 @@ def print_daemon(result: dict[str, Any]) -> None:
         print(f"ERROR: {result['error']}")
     print("\n| seconds after start | VmRSS MB |\n|---|---|")
     for t, rss in result["samples"]:
-        if int(t) in (1, 2, 5, 10, 15, 20, 30, 45, 60, 75, 90, 105, 120, 150, 180, 240, 300) or t == result["samples"][-1][0]:
+        if round(t) in (1, 2, 5, 10, 15, 20, 30, 45, 60, 75, 90, 120, 150, 180, 240, 300) or t == result["samples"][-1][0]:
             print(f"| {t:.0f} | {rss:.1f} |")
     print(f"\nmax VmRSS {result.get('rss_max_mb')} MB, VmHWM {result.get('vmhwm_mb')} MB, second half "
           f"{result.get('rss_second_half_mb')} MB; clones during the run: {result['clones']} (expected 0); "
-          f"Funnelback calls {result['funnelback_calls']}; {result['log_lines']} log lines; seeding "
+          f"Funnelback calls {result['funnelback_calls']}; AWS calls {json.dumps(result.get('aws_calls'))}; "
+          f"{result['log_lines']} log lines; seeding "
           f"{result['seed_seconds']} s; exit code after SIGTERM {result['exit_code']}")
 
 
@@ -261,7 +237,10 @@ def print_loop(result: dict[str, Any]) -> None:
           f"{result['failed']} failed")
     print("\n| rotations | seconds | VmRSS MB | VmHWM MB | gc objects | Secrets registered | threads |")
     print("|---|---|---|---|---|---|---|")
-    for r in result["rows"]:
+    step = max(1, (len(result["rows"]) - 1) // 10)
+    for i, r in enumerate(result["rows"]):
+        if i % step and i != len(result["rows"]) - 1:
+            continue
         print(f"| {r['rotations']} | {r['seconds']} | {r['rss_mb']} | {r['hwm_mb']} | {r['gc_objects']} "
               f"| {r['secrets_registered']} | {r['threads']} |")
     print(f"\nRSS growth from the first sample after {result['rows'][1]['rotations'] if len(result['rows']) > 1 else 0}"
@@ -271,8 +250,11 @@ def print_loop(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", type=int, default=1000, help="daemon targets (default 1000)")
-    parser.add_argument("--daemon-seconds", type=float, default=150.0)
+    parser.add_argument("--targets", type=int, nargs="+", default=[1, 1000],
+                        help="daemon target counts, one daemon each (default: 1 1000)")
+    parser.add_argument("--daemon-seconds", type=float, default=90.0,
+                        help="how long each daemon is sampled (default 90: the start-up look at every target "
+                             "and one 60 s poll round)")
     parser.add_argument("--skip-daemon", action="store_true")
     parser.add_argument("--store", choices=("aws", "memory", "both", "none"), default="both")
     parser.add_argument("--rotations", type=int, default=2000, help="rotations into moto (default 2000)")
@@ -293,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# workdir {workdir}", file=sys.stderr)
     results: dict[str, Any] = {}
     if not args.skip_daemon:
-        results["daemon"] = idle_daemon(args, workdir)
-        print_daemon(results["daemon"])
+        for count in args.targets:
+            results[f"daemon-{count}"] = idle_daemon(args, workdir, count)
+            print_daemon(results[f"daemon-{count}"])
     for store, count in (("aws", args.rotations), ("memory", args.memory_rotations)):
         if args.store not in (store, "both"):
             continue

@@ -252,6 +252,11 @@ def boto_client(moto_url: str, pool: int = 32) -> Any:
 
 def seed(emulator: EmulatorProcess, moto_url: str, targets: list[Target], workers: int = 16) -> None:
     emulator.seed([(t.client, t.name, t.value) for t in targets])
+    seed_secrets(moto_url, targets, workers)
+
+
+def seed_secrets(moto_url: str, targets: list[Target], workers: int = 16) -> None:
+    """One secret per target holding hand-written {"token": VALUE} JSON (AWSCURRENT)."""
     client = boto_client(moto_url, pool=workers)
 
     def one(t: Target) -> None:
@@ -469,6 +474,71 @@ def verify(emulator: EmulatorProcess, moto_url: str, targets: list[Target], *, r
     return problems
 
 
+# --- the engine alone: in-memory destinations ----------------------------------------------------
+
+
+def memory_runtime(config: Any, targets: list[Target], clock: Any = None) -> Any:
+    """A Runtime whose destinations are in-memory (rotator.testing.memory_store, without its
+    unbounded history), seeded with each target's token: rotator's engine and Funnelback client,
+    with no store cost at all."""
+    import collections
+
+    from rotator.backends.base import Payload
+    from rotator.runtime import Runtime
+    from rotator.testing.memory_store import MemoryDestination
+
+    destinations = {}
+    for t in targets:
+        destination = MemoryDestination(f"mem:{t.secret_id}")
+        destination.history = collections.deque(maxlen=2)  # type: ignore[assignment]
+        destination.seed(Payload.from_dict({"token": t.value}))
+        destinations[t.secret_id] = destination
+
+    class _MemoryBackend:
+        def destination(self, options: Any, *, target: str) -> Any:
+            return destinations[options["secret_id"]]
+
+        def close(self) -> None:
+            pass
+
+    backend = _MemoryBackend()
+
+    class MemoryRuntime(Runtime):
+        def backend(self, name: str) -> Any:
+            return backend
+
+    return MemoryRuntime(config, clock=clock) if clock else MemoryRuntime(config)
+
+
+def engine_only(n: int, args: argparse.Namespace, workdir: Path, *, funnelback_extra: str) -> dict[str, float]:
+    """rotate_targets() in this process over N targets with in-memory destinations: how close the
+    engine and the Funnelback client get to the floor when the store costs nothing."""
+    from rotator import logs
+    from rotator.config import load_config
+    from rotator.runtime import rotate_targets
+
+    os.environ[ADMIN_ENV] = ADMIN_TOKEN
+    devnull = open(os.devnull, "w")
+    logs.configure(fmt="json", level="info", stream=devnull)
+    targets = make_targets("e", n, args.tokens_per_client)
+    with emulator_process(delay=args.delay, workdir=workdir) as emulator:
+        emulator.seed([(t.client, t.name, t.value) for t in targets])
+        config = load_config(write_config(workdir / f"engine-{n}.toml", fb_url=emulator.url, moto_url="http://127.0.0.1:9",
+                                          targets=targets, extra_funnelback=funnelback_extra))
+        emulator.reset_counters()
+        runtime = memory_runtime(config, targets)
+        begin = time.perf_counter()
+        with runtime:
+            outcomes = rotate_targets(runtime, config.targets, force=True, concurrency=args.concurrency)
+        wall = time.perf_counter() - begin
+        state = emulator.state()
+    devnull.close()
+    calls = _fb_calls(state)[0]
+    return {"wall": wall, "calls_per_rotation": calls / n, "max_in_flight": float(state.get("maxInFlight", 0)),
+            "failed": float(sum(not o.ok for o in outcomes)),
+            "floor": n * (calls / n) * args.delay / args.concurrency}
+
+
 # --- one N ----------------------------------------------------------------------------------------
 
 
@@ -490,6 +560,7 @@ class Row:
     peak_rss_mb: float = 0.0
     seed_seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, dict[str, float]] = field(default_factory=dict)
     ok: bool = True
     problems: list[str] = field(default_factory=list)
     rotator_aws_ops: dict[str, int] = field(default_factory=dict)
@@ -503,6 +574,10 @@ def _fb_calls(state: dict[str, Any]) -> tuple[int, dict[str, int]]:
 
 
 def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
+    """One N: one emulator for all runs (tokens of distinct clients never meet), and a fresh moto for
+    each run holding only that run's N secrets: moto finds a secret by scanning all it holds
+    (moto/secretsmanager/models.py SecretsStore.__getitem__), so a shared one would charge every
+    later run for the earlier runs' secrets."""
     from moto_server import start_moto_server
 
     row = Row(n=n)
@@ -512,77 +587,94 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
     rot_targets = make_targets("r", n, args.tokens_per_client)
     base_targets = make_targets("b", n, args.tokens_per_client)
     read_targets = make_targets("a", n, args.tokens_per_client) if args.baseline_read else []
-    with emulator_process(delay=args.delay, workdir=workdir) as emulator, \
-            start_moto_server(subprocess=True) as moto:
-        assert moto.process is not None
-        servers = {"moto": moto.process.pid, "emulator": emulator.process.pid}
+    with emulator_process(delay=args.delay, workdir=workdir) as emulator:
         begin = time.perf_counter()
-        seed(emulator, moto.url, rot_targets + base_targets + read_targets)
+        emulator.seed([(t.client, t.name, t.value) for t in rot_targets + base_targets + read_targets])
         row.seed_seconds = time.perf_counter() - begin
-        config = write_config(workdir / f"rotation-{n}.toml", fb_url=emulator.url, moto_url=moto.url,
-                              targets=rot_targets, extra_funnelback=args.funnelback_extra)
 
         # (a) rotator, start-up included
-        emulator.reset_counters()
-        counts_file = workdir / f"aws-counts-{n}.json"
-        argv = [*ROTATOR, "rotate", "--all", "--concurrency", str(args.concurrency), "--config", str(config)]
-        if args.profile:
-            # py-spy samples every thread (pyinstrument only the main one, which here just waits)
-            args.profile.mkdir(parents=True, exist_ok=True)
-            idle = {"gil": ["--gil"], "wall": ["--idle"], "active": []}[args.profile_mode]
-            argv = ["py-spy", "record", "--nonblocking", *idle, "--threads", "-r", "100", "-f", "raw",
-                    "-o", str(args.profile.resolve() / f"rotator-{n}.raw"), "--", *argv]
-            moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", *idle, "-r", "100", "-f", "raw", "-o",
-                                         str(args.profile.resolve() / f"moto-{n}.raw"), "-p", str(servers["moto"])],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file),
-                           "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
-        before = {k: cpu_seconds(pid) for k, pid in servers.items()}
-        result = run_child(argv, env=env, workdir=workdir, tag=f"rotator-{n}")
-        if args.profile:
-            moto_spy.send_signal(signal.SIGINT)
-            moto_spy.wait(timeout=60)
-        row.cpu.update({f"rotator run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
-        row.cpu["rotator run: rotator"] = result.cpu
-        row.rotator_wall, row.peak_rss_mb = result.wall, result.max_rss_mb
-        row.log_lines = sum(1 for _ in open(result.stderr_path, "rb"))
-        state = emulator.state()
-        fb_total, row.rotator_fb_ops = _fb_calls(state)
-        row.fb_max_in_flight = int(state.get("maxInFlight", 0))
-        aws = json.loads(counts_file.read_text()) if counts_file.exists() else {}
-        row.rotator_aws_ops = {k[3:]: v for k, v in sorted(aws.items()) if k.startswith("op:")}
-        row.fb_per_rotation = fb_total / n
-        row.aws_per_rotation = sum(row.rotator_aws_ops.values()) / n
-        row.aws_http_per_rotation = aws.get("http", 0) / n
-        last = [line for line in result.stdout.splitlines() if line.endswith(" failed")][-1:] or [""]
-        if result.returncode != 0 or last[0] != f"{n} ok, 0 failed":
-            row.problems.append(f"rotator exited {result.returncode}: {last[0]!r} (see {result.stderr_path})")
-        row.problems += verify(emulator, moto.url, rot_targets, rotator_made=True)
+        with start_moto_server(subprocess=True) as moto:
+            assert moto.process is not None
+            servers = {"moto": moto.process.pid, "emulator": emulator.process.pid}
+            begin = time.perf_counter()
+            seed_secrets(moto.url, rot_targets)
+            row.seed_seconds += time.perf_counter() - begin
+            config = write_config(workdir / f"rotation-{n}.toml", fb_url=emulator.url, moto_url=moto.url,
+                                  targets=rot_targets, extra_funnelback=args.funnelback_extra)
+            emulator.reset_counters()
+            counts_file = workdir / f"aws-counts-{n}.json"
+            argv = [*ROTATOR, "rotate", "--all", "--concurrency", str(args.concurrency), "--config", str(config)]
+            if args.profile:
+                # py-spy samples every thread (pyinstrument only the main one, which here just waits)
+                args.profile.mkdir(parents=True, exist_ok=True)
+                idle = {"gil": ["--gil"], "wall": ["--idle"], "active": []}[args.profile_mode]
+                argv = ["py-spy", "record", "--nonblocking", *idle, "--threads", "-r", "100", "-f", "raw",
+                        "-o", str(args.profile.resolve() / f"rotator-{n}.raw"), "--", *argv]
+                moto_spy = subprocess.Popen(["py-spy", "record", "--nonblocking", *idle, "-r", "100", "-f", "raw",
+                                             "-o", str(args.profile.resolve() / f"moto-{n}.raw"),
+                                             "-p", str(servers["moto"])],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file),
+                               "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
+            before = {k: cpu_seconds(pid) for k, pid in servers.items()}
+            result = run_child(argv, env=env, workdir=workdir, tag=f"rotator-{n}")
+            if args.profile:
+                moto_spy.send_signal(signal.SIGINT)
+                moto_spy.wait(timeout=60)
+            row.cpu.update({f"rotator run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
+            row.cpu["rotator run: rotator"] = result.cpu
+            row.rotator_wall, row.peak_rss_mb = result.wall, result.max_rss_mb
+            row.log_lines = sum(1 for _ in open(result.stderr_path, "rb"))
+            state = emulator.state()
+            fb_total, row.rotator_fb_ops = _fb_calls(state)
+            row.fb_max_in_flight = int(state.get("maxInFlight", 0))
+            aws = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+            row.rotator_aws_ops = {k[3:]: v for k, v in sorted(aws.items()) if k.startswith("op:")}
+            row.fb_per_rotation = fb_total / n
+            row.aws_per_rotation = sum(row.rotator_aws_ops.values()) / n
+            row.aws_http_per_rotation = aws.get("http", 0) / n
+            last = [line for line in result.stdout.splitlines() if line.endswith(" failed")][-1:] or [""]
+            if result.returncode != 0 or last[0] != f"{n} ok, 0 failed":
+                row.problems.append(f"rotator exited {result.returncode}: {last[0]!r} (see {result.stderr_path})")
+            row.problems += verify(emulator, moto.url, rot_targets, rotator_made=True)
 
-        # (b) the baseline, in this process, over the other N targets
+        # (b) the baseline, in this process, over other N targets (and a fresh moto)
         aws_counter = counter()
         for label, targets, read_current in (("baseline", base_targets, False),
                                              ("baseline+read", read_targets, True)):
             if not targets:
                 continue
-            emulator.reset_counters()
-            aws_counter.take()
-            before = {k: cpu_seconds(pid) for k, pid in servers.items()}
-            own = self_cpu()
-            wall = baseline(emulator, moto.url, targets, args.concurrency, read_current=read_current)
-            row.cpu.update({f"{label} run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
-            row.cpu[f"{label} run: bench process"] = self_cpu() - own
-            aws_calls = sum(v for k, v in aws_counter.take().items() if k.startswith("op:")) / n
-            state = emulator.state()
-            if read_current:
-                row.baseline_read_wall, row.aws_per_rotation_baseline_read = wall, aws_calls
-            else:
-                row.baseline_wall, row.aws_per_rotation_baseline = wall, aws_calls
-                row.fb_per_rotation_baseline = _fb_calls(state)[0] / n
-                row.fb_max_in_flight_baseline = int(state.get("maxInFlight", 0))
-            row.problems += verify(emulator, moto.url, targets, rotator_made=False)
+            with start_moto_server(subprocess=True) as moto:
+                assert moto.process is not None
+                servers = {"moto": moto.process.pid, "emulator": emulator.process.pid}
+                begin = time.perf_counter()
+                seed_secrets(moto.url, targets)
+                row.seed_seconds += time.perf_counter() - begin
+                emulator.reset_counters()
+                aws_counter.take()
+                before = {k: cpu_seconds(pid) for k, pid in servers.items()}
+                own = self_cpu()
+                wall = baseline(emulator, moto.url, targets, args.concurrency, read_current=read_current)
+                row.cpu.update({f"{label} run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
+                row.cpu[f"{label} run: bench process"] = self_cpu() - own
+                aws_calls = sum(v for k, v in aws_counter.take().items() if k.startswith("op:")) / n
+                state = emulator.state()
+                if read_current:
+                    row.baseline_read_wall, row.aws_per_rotation_baseline_read = wall, aws_calls
+                else:
+                    row.baseline_wall, row.aws_per_rotation_baseline = wall, aws_calls
+                    row.fb_per_rotation_baseline = _fb_calls(state)[0] / n
+                    row.fb_max_in_flight_baseline = int(state.get("maxInFlight", 0))
+                row.problems += verify(emulator, moto.url, targets, rotator_made=False)
 
     row.floor = n * row.fb_per_rotation * args.delay / args.concurrency
+    if args.engine_only:
+        for label, extra in (("default", args.funnelback_extra),
+                             (f"max_concurrency = {args.concurrency}",
+                              f"{args.funnelback_extra}\nmax_concurrency = {args.concurrency}")):
+            row.engine[label] = engine_only(n, args, workdir, funnelback_extra=extra)
+            if row.engine[label]["failed"]:
+                row.problems.append(f"engine-only ({label}): {row.engine[label]['failed']:.0f} failed")
     row.ok = not row.problems
     return row
 
@@ -607,6 +699,17 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
             f"{r.aws_per_rotation_baseline_read or float('nan'):.1f} "
             f"| {r.fb_max_in_flight}, {r.fb_max_in_flight_baseline} | {r.peak_rss_mb:.0f} "
             f"| {'ok' if r.ok else 'FAILED'} |")
+    if any(r.engine for r in rows):
+        lines.append("")
+        lines.append("The engine alone (rotate_targets in-process, in-memory destinations, same emulator and delay; "
+                     "no AWS cost):")
+        lines.append("")
+        lines.append("| N | [funnelback] | wall s | floor s | wall/floor | FB calls/rot | FB max in flight |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in rows:
+            for label, e in r.engine.items():
+                lines.append(f"| {r.n} | {label} | {e['wall']:.2f} | {e['floor']:.2f} | {e['wall'] / e['floor']:.2f} "
+                             f"| {e['calls_per_rotation']:.2f} | {e['max_in_flight']:.0f} |")
     lines.append("")
     lines.append("CPU seconds used during each run (2 cores: wall x 2 is all there is):")
     lines.append("")
@@ -635,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-mode", choices=("gil", "wall", "active"), default="gil",
                         help="with --profile: gil = only the thread holding the GIL (where CPU goes, default); "
                              "wall = every thread, waiting ones too; active = py-spy's own idle filter")
+    parser.add_argument("--no-engine-only", dest="engine_only", action="store_false",
+                        help="skip the in-process runs with in-memory destinations")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, configs)")
     args = parser.parse_args(argv)

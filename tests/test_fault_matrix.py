@@ -33,22 +33,26 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
 import urllib3
-
 from conftest import ADMIN_TOKEN, SEED_NAME, make_target
+
 from rotator.backends.base import Destination, DestinationState, JournalRecord, Payload
-from rotator.config import BackendSettings, DestinationSettings, FunnelbackSettings, TargetSettings
+from rotator.config import (
+    BackendSettings,
+    FunnelbackSettings,
+    TargetSettings,
+)
 from rotator.errors import (
     BackendConflictError,
     BackendPermissionError,
     BackendUnavailableError,
-    RotatorError,
 )
 from rotator.funnelback import FunnelbackClient
 from rotator.journal import Journal
@@ -81,7 +85,7 @@ class Clock:
 
     def __init__(self, start: datetime | None = None) -> None:
         self._lock = threading.Lock()
-        self.now = start or datetime.now(timezone.utc).replace(microsecond=0)
+        self.now = start or datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         with self._lock:
@@ -228,8 +232,8 @@ class RandomFaults(FaultSet):
         self.rate = rate
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self.kinds = list(kinds or [dict(kind="status", status=503), dict(kind="status", status=429),
-                                    dict(kind="delay", delay_seconds=0.05)])
+        self.kinds = list(kinds or [{"kind": "status", "status": 503}, {"kind": "status", "status": 429},
+                                    {"kind": "delay", "delay_seconds": 0.05}])
         self.injected: collections.Counter[str] = collections.Counter()
 
     def take(self, method: str, path: str) -> Fault | None:
@@ -341,13 +345,13 @@ FB_CALLS: dict[str, tuple[str, str, str]] = {
     "revoke": ("DELETE", r"/application-token/[^/]+$", "revoke_client_token"),
 }
 FB_FAULTS: dict[str, dict[str, Any] | None] = {
-    **{str(s): dict(kind="status", status=s) for s in (400, 401, 403, 404, 409, 429, 500, 503)},
-    "timeout": dict(kind="hang"),
-    "reset": dict(kind="reset"),
+    **{str(s): {"kind": "status", "status": s} for s in (400, 401, 403, 404, 409, 429, 500, 503)},
+    "timeout": {"kind": "hang"},
+    "reset": {"kind": "reset"},
     "refused": None,                                  # RefusingSession
-    "slow": dict(kind="delay", delay_seconds=SLOW),
-    "late": dict(kind="delay", delay_seconds=LATE),
-    "lost": dict(kind="lose_answer"),
+    "slow": {"kind": "delay", "delay_seconds": SLOW},
+    "late": {"kind": "delay", "delay_seconds": LATE},
+    "lost": {"kind": "lose_answer"},
 }
 # Faults a single run must absorb when they happen once (the acceptance: 503/429/slow answers in one
 # `rotate --all` still rotate everything, with no orphan).
@@ -591,7 +595,7 @@ def test_matrix(world: World, case: Case) -> None:
     run_case(world, case)
 
 
-def test_matrix_covers_every_call() -> None:
+def test_table_covers_every_call() -> None:
     """Every Funnelback call and every destination call of a clean rotation is in the table."""
     calls = {c.call for c in CASES}
     assert set(FB_CALLS) <= calls
@@ -801,13 +805,13 @@ def test_a_rotation_right_after_an_abandoned_one_reuses_no_name(emulator: Funnel
 
 
 CLI_ROWS = [
-    ("clone", dict(kind="status", status=503), None),
-    ("clone", dict(kind="lose_answer"), 1),
-    ("list", dict(kind="status", status=429, retry_after=0.05), None),
-    ("list", dict(kind="reset"), 1),
-    ("verify", dict(kind="hang"), None),
-    ("verify", dict(kind="status", status=401), 1),
-    ("revoke", dict(kind="status", status=500), None),
+    ("clone", {"kind": "status", "status": 503}, None),
+    ("clone", {"kind": "lose_answer"}, 1),
+    ("list", {"kind": "status", "status": 429, "retry_after": 0.05}, None),
+    ("list", {"kind": "reset"}, 1),
+    ("verify", {"kind": "hang"}, None),
+    ("verify", {"kind": "status", "status": 401}, 1),
+    ("revoke", {"kind": "status", "status": 500}, None),
 ]
 
 

@@ -16,22 +16,26 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
 import functools
+import json
+import math
 import os
 import socket
 import string
 import tempfile
 import threading
-from datetime import date, datetime, time as dtime, timezone
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import ADMIN_TOKEN, SEED_NAME, make_target
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_fault_matrix import CLIENT, Clock, Summary, seed_destinations
 
-from conftest import ADMIN_TOKEN, SEED_NAME, make_target
 from rotator.config import Config, FunnelbackSettings, load_config, parse_config
 from rotator.errors import ConfigError, RotatorError
 from rotator.funnelback import FunnelbackClient, Identity, NewToken, TokenInfo
@@ -39,7 +43,6 @@ from rotator.naming import is_generation
 from rotator.rotation import TargetRotation
 from rotator.secret import Secret
 from rotator.testing.funnelback_emulator import FunnelbackEmulator, _Response
-from test_fault_matrix import CLIENT, Clock, Summary, seed_destinations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,7 +63,7 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and value != value:
+        if isinstance(value, float) and math.isnan(value):
             return "nan"
         if isinstance(value, float) and value in (float("inf"), float("-inf")):
             return "inf" if value > 0 else "-inf"
@@ -188,7 +191,7 @@ scalars = st.one_of(
                      "https://", "http://x y", "../../etc", "a" * 200, "web\n", "web/../x", "{client}",
                      "Mon-Fri 25:00-26:00", "* * * * * *", "99 99 * * *", "Nowhere/City", "0.0.0.0:99999",
                      "Fri-Mon 05:00-02:00", "[::1]:9464", "", "Mon 00:00-24:00", "@daily", "None"]),
-    st.datetimes(timezones=st.just(timezone.utc)), st.dates(),
+    st.datetimes(timezones=st.just(UTC)), st.dates(),
 )
 toml_values = st.recursive(scalars.filter(lambda v: v is not None),
                            lambda inner: st.one_of(st.lists(inner, max_size=3),

@@ -23,23 +23,35 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import structlog
-from structlog.testing import capture_logs
-
-from conftest import ADMIN_TOKEN, SEED_NAME, make_target
+from conftest import ADMIN_TOKEN, make_target
 from harness import Stack, new_stack
+from structlog.testing import capture_logs
+from test_fault_matrix import (
+    CLIENT,
+    Clock,
+    Crash,
+    FaultyFunnelback,
+    fb_settings,
+    seed_destinations,
+)
+
 from rotator import logs
-from rotator.errors import BackendUnavailableError, FunnelbackProtocolError, RotationError
+from rotator.errors import (
+    BackendUnavailableError,
+    FunnelbackProtocolError,
+    RotationError,
+)
 from rotator.funnelback import FunnelbackClient
 from rotator.metrics import Metrics
 from rotator.rotation import TargetRotation
 from rotator.secret import REDACTED, Secret
 from rotator.testing.funnelback_emulator import FunnelbackEmulator
-from test_fault_matrix import CLIENT, Clock, Crash, FaultyFunnelback, fb_settings, seed_destinations
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,7 +104,7 @@ def issued(emulator: FunnelbackEmulator) -> Issued:
 
 def run_cli(stack: Stack, *args: str, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(stack.command(*args), env=cli_env(stack, env), capture_output=True, text=True,
+    return subprocess.run(stack.command(*args), env=cli_env(stack, env), capture_output=True, text=True, check=False,
                           timeout=timeout, cwd=stack.workdir)
 
 
@@ -154,17 +166,17 @@ def test_full_rotation_leaks_nothing_at_any_level_and_format(stack: Stack, issue
 
 # Failure paths: (id, emulator faults, environment overrides, config text replacements)
 FAILURES: list[tuple[str, list[dict[str, Any]], dict[str, str], dict[str, str]]] = [
-    ("clone-403", [dict(kind="status", status=403, method="POST", path=r"/clone$", times=None)], {}, {}),
-    ("clone-503-always", [dict(kind="status", status=503, method="POST", path=r"/clone$", times=None)], {}, {}),
-    ("clone-lost-once", [dict(kind="lose_answer", method="POST", path=r"/clone$", times=1)], {}, {}),
-    ("new-token-refused", [dict(kind="status", status=401, method="GET", path=r"/current-user$", times=1)], {}, {}),
-    ("verify-timeout", [dict(kind="hang", method="GET", path=r"/current-user$", times=None)], {},
+    ("clone-403", [{"kind": "status", "status": 403, "method": "POST", "path": r"/clone$", "times": None}], {}, {}),
+    ("clone-503-always", [{"kind": "status", "status": 503, "method": "POST", "path": r"/clone$", "times": None}], {}, {}),
+    ("clone-lost-once", [{"kind": "lose_answer", "method": "POST", "path": r"/clone$", "times": 1}], {}, {}),
+    ("new-token-refused", [{"kind": "status", "status": 401, "method": "GET", "path": r"/current-user$", "times": 1}], {}, {}),
+    ("verify-timeout", [{"kind": "hang", "method": "GET", "path": r"/current-user$", "times": None}], {},
      {'timeout = "3s"': 'timeout = "500ms"'}),
-    ("revoke-500-always", [dict(kind="status", status=500, method="DELETE", path=r"/application-token/",
-                                times=None)], {}, {}),
-    ("source-missing", [dict(kind="status", status=404, method="POST", path=r"/clone$", times=None),
-                        dict(kind="status", status=429, method="GET", path=r"/application-token$",
-                             times=None)], {}, {}),
+    ("revoke-500-always", [{"kind": "status", "status": 500, "method": "DELETE", "path": r"/application-token/",
+                                "times": None}], {}, {}),
+    ("source-missing", [{"kind": "status", "status": 404, "method": "POST", "path": r"/clone$", "times": None},
+                        {"kind": "status", "status": 429, "method": "GET", "path": r"/application-token$",
+                             "times": None}], {}, {}),
     ("wrong-admin-token", [], {"FB_ADMIN_TOKEN": WRONG_ADMIN}, {}),
     ("aws-unreachable", [], {}, {"endpoint_url = ": 'max_attempts = 1\nendpoint_url = "http://127.0.0.1:9"\n#'}),
 ]
@@ -225,15 +237,15 @@ def test_no_secret_in_process_arguments(stack: Stack, issued: Issued) -> None:
 
 
 ENGINE_FAILURES: list[tuple[str, Any]] = [
-    ("clone-403", dict(kind="status", status=403, method="POST", path=r"/clone$", times=None)),
-    ("clone-503-always", dict(kind="status", status=503, method="POST", path=r"/clone$", times=None)),
-    ("clone-lost", dict(kind="lose_answer", method="POST", path=r"/clone$", times=None)),
-    ("clone-garbage", dict(kind="status", status=200, body='{"data": {"token": 7}}', method="POST",
-                           path=r"/clone$", times=None)),
-    ("new-token-refused", dict(kind="status", status=401, method="GET", path=r"/current-user$", times=1)),
-    ("verify-503-always", dict(kind="status", status=503, method="GET", path=r"/current-user$", times=None)),
-    ("revoke-500-always", dict(kind="status", status=500, method="DELETE", path=r"/application-token/",
-                               times=None)),
+    ("clone-403", {"kind": "status", "status": 403, "method": "POST", "path": r"/clone$", "times": None}),
+    ("clone-503-always", {"kind": "status", "status": 503, "method": "POST", "path": r"/clone$", "times": None}),
+    ("clone-lost", {"kind": "lose_answer", "method": "POST", "path": r"/clone$", "times": None}),
+    ("clone-garbage", {"kind": "status", "status": 200, "body": '{"data": {"token": 7}}', "method": "POST",
+                           "path": r"/clone$", "times": None}),
+    ("new-token-refused", {"kind": "status", "status": 401, "method": "GET", "path": r"/current-user$", "times": 1}),
+    ("verify-503-always", {"kind": "status", "status": 503, "method": "GET", "path": r"/current-user$", "times": None}),
+    ("revoke-500-always", {"kind": "status", "status": 500, "method": "DELETE", "path": r"/application-token/",
+                               "times": None}),
     ("persist-fails", "write_pending"),
     ("promote-fails", "promote"),
     ("crash-after-clone", ("clone_client_token", "after")),

@@ -19,14 +19,15 @@ import time
 from typing import Any
 
 import pytest
+from conftest import ADMIN_TOKEN, SEED_NAME, make_target
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from conftest import ADMIN_TOKEN, SEED_NAME, make_target
-from rotator.funnelback import FunnelbackClient
-from rotator.rotation import Outcome, TargetRotation
-from rotator.testing.funnelback_emulator import FunnelbackEmulator
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
 from test_fault_matrix import (
     CLIENT,
     Clock,
@@ -37,11 +38,15 @@ from test_fault_matrix import (
     assert_converged,
     assert_served_live,
     fb_settings,
-    seed_destinations,
     secret_values,
+    seed_destinations,
 )
 
-pytestmark = pytest.mark.timeout(int(os.environ.get("ROTATOR_PROPERTY_TIMEOUT", 170)))
+from rotator.funnelback import FunnelbackClient
+from rotator.rotation import Outcome, TargetRotation
+from rotator.testing.funnelback_emulator import FunnelbackEmulator
+
+pytestmark = pytest.mark.timeout(int(os.environ.get("ROTATOR_PROPERTY_TIMEOUT", "170")))
 
 LOCK_TTL = 10.0
 STATS: dict[str, int] = {"examples": 0, "steps": 0, "rotations": 0, "crashes": 0, "concurrent": 0,
@@ -50,12 +55,12 @@ STATS: dict[str, int] = {"examples": 0, "steps": 0, "rotations": 0, "crashes": 0
 FB_CRASHES = [(call, kind) for call in ("list_client_tokens", "clone_client_token", "verify_token",
                                         "revoke_client_token")
               for kind in ("before", "after")]
-FB_FAULTS = [dict(kind="lose_answer", method="POST", path=r"/clone$"),
-             dict(kind="lose_answer", method="DELETE", path=r"/application-token/"),
-             dict(kind="hang", method="GET", path=r"/current-user$"),
-             dict(kind="status", status=503, method="POST", path=r"/clone$"),
-             dict(kind="status", status=401, method="GET", path=r"/current-user$"),
-             dict(kind="status", status=503, method="DELETE", path=r"/application-token/")]
+FB_FAULTS = [{"kind": "lose_answer", "method": "POST", "path": r"/clone$"},
+             {"kind": "lose_answer", "method": "DELETE", "path": r"/application-token/"},
+             {"kind": "hang", "method": "GET", "path": r"/current-user$"},
+             {"kind": "status", "status": 503, "method": "POST", "path": r"/clone$"},
+             {"kind": "status", "status": 401, "method": "GET", "path": r"/current-user$"},
+             {"kind": "status", "status": 503, "method": "DELETE", "path": r"/application-token/"}]
 DEST_FAULTS = [(where, op, kind) for where in (0, 1)
                for op in ("read", "write_pending", "promote", "discard_pending")
                for kind in ("crash", "crash_after", "lost", "unavailable")] + \
@@ -246,7 +251,7 @@ class RotationMachine(RuleBasedStateMachine):
 
 
 RotationMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("ROTATOR_PROPERTY_EXAMPLES", 30)), stateful_step_count=15, deadline=None, derandomize=not os.environ.get("ROTATOR_PROPERTY_EXAMPLES"),
+    max_examples=int(os.environ.get("ROTATOR_PROPERTY_EXAMPLES", "30")), stateful_step_count=15, deadline=None, derandomize=not os.environ.get("ROTATOR_PROPERTY_EXAMPLES"),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], database=None)
 TestRotationProperties = RotationMachine.TestCase
 
