@@ -636,7 +636,8 @@ class _Parser:
         if fmt not in ("json", "slack"):
             raise self.error(f"{where}.format", f"unknown format {fmt!r}", hint="use \"json\" or \"slack\"")
         on = table.get("on", ["failure", "stale"])
-        if not isinstance(on, list) or not set(on) <= {"failure", "success", "stale"}:
+        if not isinstance(on, list) or not all(isinstance(event, str) for event in on) \
+                or not set(on) <= {"failure", "success", "stale"}:
             raise self.error(f"{where}.on", "must be a list drawn from \"failure\", \"success\", \"stale\"")
         timeout = self.duration(f"{where}.timeout", table.get("timeout", 5.0), minimum=0.1)
         return NotifySettings(url=table.get("url"), url_env=table.get("url_env"), url_file=table.get("url_file"),

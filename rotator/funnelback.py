@@ -578,7 +578,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def _loads(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8")) if body.strip() else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
         return None
 
 

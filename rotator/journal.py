@@ -66,6 +66,8 @@ class Journal:
         self.data["in_progress"] = {"new_token_name": new_token_name, "source_token_name": source_token_name,
                                     "previous": sorted(set(previous)), "started_at": iso(now),
                                     "phase": "cloning", "owner": owner}
+        # Names are never reused, even after an abandoned attempt: stores may key writes on the name.
+        self.data["last_generation"] = new_token_name
 
     def set_phase(self, phase: str) -> None:
         if self.in_progress:

@@ -20,7 +20,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Every result a rotation Outcome can carry (rotation.Outcome.result), pre-created per target so
 # increase() works from the first scrape. Only runs of the engine count: a tick that reads the stored
 # state and finds nothing to do is not a run ("not-due" then means another process got there first).
-RESULTS = ("rotated", "resumed", "completed-elsewhere", "in-progress-elsewhere", "revoked", "not-due", "failed")
+RESULTS = ("rotated", "resumed", "completed-elsewhere", "revoked", "not-due", "failed")
 
 # Rotation takes seconds (several HTTP round trips); grace waits are not part of it.
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

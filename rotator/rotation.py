@@ -34,7 +34,7 @@ from rotator.errors import (
 )
 from rotator.funnelback import FunnelbackClient, NewToken, TokenInfo
 from rotator.journal import Journal, iso, parse_iso
-from rotator.lease import Lease, acquire_lease, lease_is_live, new_owner_id
+from rotator.lease import Lease, acquire_lease, new_owner_id
 from rotator.logs import get_logger
 from rotator.naming import is_generation, next_generation
 from rotator.secret import Secret
@@ -54,7 +54,7 @@ class Outcome:
     """What one run did for one target; printed by the CLI and counted by metrics."""
 
     target: str
-    # rotated | resumed | completed-elsewhere | in-progress-elsewhere | revoked | not-due | dry-run | failed
+    # rotated | resumed | completed-elsewhere | revoked | not-due | dry-run | failed
     result: str
     ok: bool = True
     new_token_name: str | None = None
@@ -206,12 +206,11 @@ class TargetRotation:
 
     def _run_under_lease(self, *, force: bool, started: datetime, snapshot: Snapshot, rotate: bool) -> Outcome:
         def finished_elsewhere(journal: Journal) -> bool:
-            if not force:
-                # A due-run (CronJob, daemon) leaves a target alone while another live process works
-                # on it: that process finishes the job, and waiting would only stall the batch.
-                return lease_is_live(journal, self.clock())
+            # A due-run waits for the holder instead: right after a kill -9 the dead process's lease
+            # still looks live, and the re-run must finish that rotation, not skip it. (The daemon
+            # skips targets with a live lease before it gets here.)
             done = journal.last_success_at
-            return done is not None and done >= started
+            return force and done is not None and done >= started
 
         owner = new_owner_id()
         intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) else None
@@ -227,9 +226,8 @@ class TargetRotation:
                                   wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
                                   prepare=prepare, owner=owner, sleep=self.sleep)
         if lease is None:
-            result = "completed-elsewhere" if force else "in-progress-elsewhere"
-            self.log.info("rotation_" + result.replace("-", "_"))
-            return Outcome(self.target.name, result)
+            self.log.info("rotation_completed_elsewhere")
+            return Outcome(self.target.name, "completed-elsewhere")
         fresh = lease.acquired_from == snapshot.journal_version
         try:
             outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None)
@@ -259,9 +257,14 @@ class TargetRotation:
         in_progress = lease.journal.in_progress
         if in_progress and in_progress.get("owner") == lease.owner and snapshot is not None:
             # our own intent, written with the lease over the state in `snapshot`
+            sweep = self._needs_sweep(snapshot, had_in_progress=False)
             outcome.new_token_name = self._rotate(lease, snapshot, in_progress)
             outcome.result = "rotated"
             served: set[str] = {outcome.new_token_name}
+            if sweep:
+                # after the rotation: the new token is served, and clones that took effect only
+                # after their timeout (earlier runs' or this one's) have landed by now
+                self._sweep_orphans(lease, self._snapshot_under(lease), self._list_tokens())
         else:
             if in_progress:
                 resumed = self._resume(lease, in_progress)
@@ -304,6 +307,9 @@ class TargetRotation:
         served = [n for n in snapshot.served(self.target) if n]
         source = served[0] if served else self.target.token_name
         taken = [*served, *snapshot.pending_names(), *(r["name"] for r in snapshot.journal.pending_revocations)]
+        last = snapshot.journal.data.get("last_generation")
+        if isinstance(last, str):
+            taken.append(last)          # an abandoned attempt's name: AWS keys the pending write on it
         return {"new_token_name": next_generation(self.target.token_name, self.clock(), taken),
                 "source_token_name": source, "previous": sorted({*served, source})}
 
@@ -397,6 +403,15 @@ class TargetRotation:
             # value, so the token can only be an orphan. Revoke it; the caller rotates afresh.
             if not self._abandon_new_token(lease, new_name, stored=False):
                 raise RotationError(f"could not revoke {new_name}, left by an interrupted rotation",
+                                    target=self.target.name, step="resume", hint="the next run tries again")
+            return None
+        if new_name not in {t.name for t in self._list_tokens()}:
+            # Its value is stored, but the token is gone from Funnelback: an earlier run abandoned
+            # (revoked) it and could not withdraw every pending copy. Never complete a revoked token:
+            # withdraw the copies; the caller rotates afresh.
+            self.log.warning("resume_abandoned", new_token_name=new_name, reason="not live on Funnelback")
+            if not self._abandon_new_token(lease, new_name, stored=True):
+                raise RotationError(f"could not withdraw {new_name}, left by an abandoned rotation",
                                     target=self.target.name, step="resume", hint="the next run tries again")
             return None
         with self._step("persist", new_token_name=new_name, resumed=True):
@@ -536,7 +551,14 @@ class TargetRotation:
     def _revoke(self, name: str, *, reason: str) -> bool:
         with self._step("revoke", token_name=name, reason=reason) as fields:
             try:
-                fields["existed"] = self.funnelback.revoke_client_token(self.target.client_id, name)
+                fields["existed"] = existed = self.funnelback.revoke_client_token(self.target.client_id, name)
+                if not existed and name in {t.name for t in self.funnelback.list_client_tokens(self.target.client_id)}:
+                    # 404 means "already revoked" only if the token is gone: a wrong revoke path (or a
+                    # confused server) must not turn every revocation into a silent no-op.
+                    fields["outcome"] = "failed"
+                    fields["error"] = ("the revoke was answered 404 but the token is still listed; "
+                                       "check [funnelback.api] revoke_client_token")
+                    return False
             except FunnelbackError as exc:
                 fields["outcome"] = "failed"
                 fields["error"] = exc.one_line()
