@@ -364,9 +364,15 @@ def test_two_daemons_on_one_target_never_double_rotate(stack: Stack, daemons) ->
         return len(names - {"web"}) >= 4
 
     wait_for(watch, 20, "four rotations", step=0.05)
-    rotated = {}
-    for daemon in (a, b):
-        rotated[daemon] = daemon.metric("rotator_rotations_total", target="web", result="rotated")
+    rotated: dict = {}
+
+    def counted() -> bool:
+        # a run counts itself once it has finished (after promotion), so wait for the counters
+        for daemon in (a, b):
+            rotated[daemon] = daemon.metric("rotator_rotations_total", target="web", result="rotated")
+        return sum(rotated.values()) >= 4
+
+    wait_for(counted, 10, "four counted rotations", step=0.05)
     assert a.stop()[0] == 0 and b.stop()[0] == 0
     clones = stack.emulator.calls("clone_client_token")
     promoted = promoted_token_names(stack)
