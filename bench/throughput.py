@@ -337,6 +337,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def self_cpu() -> float:
     import resource
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -617,12 +624,17 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
             env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file),
                                "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
             before = {k: cpu_seconds(pid) for k, pid in servers.items()}
+            busy = machine_busy()
+            own = self_cpu()
             result = run_child(argv, env=env, workdir=workdir, tag=f"rotator-{n}")
+            busy = machine_busy() - busy
             if args.profile:
                 moto_spy.send_signal(signal.SIGINT)
                 moto_spy.wait(timeout=60)
             row.cpu.update({f"rotator run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
             row.cpu["rotator run: rotator"] = result.cpu
+            row.cpu["rotator run: other processes"] = max(0.0, busy - sum(
+                v for k, v in row.cpu.items() if k.startswith("rotator run:")) - (self_cpu() - own))
             row.rotator_wall, row.peak_rss_mb = result.wall, result.max_rss_mb
             row.log_lines = sum(1 for _ in open(result.stderr_path, "rb"))
             state = emulator.state()
@@ -654,9 +666,13 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
                 aws_counter.take()
                 before = {k: cpu_seconds(pid) for k, pid in servers.items()}
                 own = self_cpu()
+                busy = machine_busy()
                 wall = baseline(emulator, moto.url, targets, args.concurrency, read_current=read_current)
+                busy = machine_busy() - busy
                 row.cpu.update({f"{label} run: {k}": cpu_seconds(pid) - before[k] for k, pid in servers.items()})
                 row.cpu[f"{label} run: bench process"] = self_cpu() - own
+                row.cpu[f"{label} run: other processes"] = max(0.0, busy - sum(
+                    v for k, v in row.cpu.items() if k.startswith(f"{label} run:")))
                 aws_calls = sum(v for k, v in aws_counter.take().items() if k.startswith("op:")) / n
                 state = emulator.state()
                 if read_current:
@@ -711,7 +727,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
                 lines.append(f"| {r.n} | {label} | {e['wall']:.2f} | {e['floor']:.2f} | {e['wall'] / e['floor']:.2f} "
                              f"| {e['calls_per_rotation']:.2f} | {e['max_in_flight']:.0f} |")
     lines.append("")
-    lines.append("CPU seconds used during each run (2 cores: wall x 2 is all there is):")
+    lines.append("CPU seconds used during each run (2 cores: wall x 2 is all there is; \"other processes\" is "
+                 "the rest of the machine, i.e. anything not part of this benchmark):")
     lines.append("")
     keys = list(dict.fromkeys(k for r in rows for k in r.cpu))
     lines.append("| N | " + " | ".join(keys) + " |")

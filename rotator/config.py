@@ -464,7 +464,7 @@ class _Parser:
                 raise self.error(where, "backend names use letters, digits, '.', '_' and '-'")
             body = self.table(where, raw)
             kind = body.get("type")
-            if kind not in BACKEND_SPECS:
+            if not isinstance(kind, str) or kind not in BACKEND_SPECS:
                 raise self.error(f"{where}.type", f"unknown backend type {kind!r}" if kind else "missing type",
                                  hint=f"use one of: {', '.join(sorted(BACKEND_SPECS))}")
             spec = BACKEND_SPECS[kind]

@@ -244,6 +244,7 @@ def mutate(doc: dict[str, Any], how: str, path: tuple[Any, ...], value: Any, nam
 @given(st.lists(mutation, min_size=1, max_size=4))
 @example([("replace", ("notify", 0, "on", 0), [], "x")])           # found by this test: on = [[]]
 @example([("replace", ("defaults", "window"), ["Mon"], "x")])
+@example([("replace", ("backends", "aws", "type"), [], "0")])   # found by this test: type = []
 def test_mutated_valid_config_loads_or_raises_config_error(mutations: list[Any]) -> None:
     doc = copy.deepcopy(VALID)
     for how, path, value, name in mutations:
