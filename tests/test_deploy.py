@@ -723,7 +723,8 @@ def test_readme_vault_policy_covers_the_configured_paths():
     data = {c.strip(' "') for c in rules["secret/data/apps/*"].split(",")}
     metadata = {c.strip(' "') for c in rules["secret/metadata/apps/*"].split(",")}
     assert data == {"create", "read", "update"}
-    assert metadata == {"read", "update"}
+    assert metadata == {"read", "update", "delete"}   # delete: destroy a pending record once current
+    assert "sys/capabilities-self" in rules          # `rotator check` asks, never writes
     config = rotation_toml()
     for name, backend in config["backends"].items():
         if backend["type"] != "vault":
