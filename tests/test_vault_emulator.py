@@ -203,7 +203,8 @@ class TestRealVaultFidelity(KvFidelity):
     engine and a policy with random names, removes both afterwards."""
 
     @pytest.fixture(scope="class")
-    def kv(self):
+    @classmethod
+    def kv(cls):
         if not (os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN")):
             pytest.skip("VAULT_ADDR and VAULT_TOKEN are not set")
         return hvac.Client(url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"],
