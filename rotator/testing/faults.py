@@ -13,7 +13,10 @@ what each kind means on its wire (see each emulator's docstring):
 from __future__ import annotations
 
 import re
+import select
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -91,3 +94,18 @@ class FaultSet:
                             self._faults.remove(fault)
                     return fault
         return None
+
+
+def hang(connection: socket.socket, stopping: threading.Event, seconds: float) -> None:
+    """Hold a request unanswered until `stopping` is set, `seconds` pass (if > 0), or the client
+    leaves (e.g. its read timeout), so a hung request never pins a server thread for good."""
+    deadline = time.monotonic() + seconds if seconds > 0 else None
+    while not stopping.is_set() and (deadline is None or time.monotonic() < deadline):
+        readable, _, _ = select.select([connection], [], [], 0.05)
+        if readable:
+            try:
+                if connection.recv(1, socket.MSG_PEEK) == b"":
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)

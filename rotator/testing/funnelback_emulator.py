@@ -30,7 +30,6 @@ import json
 import os
 import re
 import secrets
-import select
 import signal
 import socket
 import socketserver
@@ -48,7 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet  # noqa: F401 - re-exported
+from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet, hang  # noqa: F401 - re-exported
 from urllib.parse import parse_qs, unquote
 
 API_PREFIX = "/admin-api"
@@ -545,18 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
 
     def _hang(self, seconds: float) -> None:
-        """Hold the request until the emulator stops, `seconds` pass (if > 0), or the client leaves."""
-        stopping = self.server.emulator._stopping
-        deadline = time.monotonic() + seconds if seconds > 0 else None
-        while not stopping.is_set() and (deadline is None or time.monotonic() < deadline):
-            readable, _, _ = select.select([self.connection], [], [], 0.05)
-            if readable:
-                try:
-                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                        return  # client closed (e.g. its read timeout): stop holding a thread
-                except OSError:
-                    return
-                time.sleep(0.05)
+        hang(self.connection, self.server.emulator._stopping, seconds)
 
 
 def _shutdown_quietly(conn: socket.socket) -> None:

@@ -60,7 +60,6 @@ import json
 import os
 import re
 import secrets
-import select
 import signal
 import socket
 import struct
@@ -75,7 +74,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet  # noqa: F401 - re-exported
+from rotator.testing.faults import FAULT_KINDS, Fault, FaultSet, hang  # noqa: F401 - re-exported
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # Vault's defaults: 768h default and max lease TTL, 10 versions kept by KV v2.
@@ -1371,18 +1370,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _hang(self, seconds: float) -> None:
-        """Hold the request until the emulator stops, `seconds` pass (if > 0), or the client leaves."""
-        stopping = self.server.emulator._stopping
-        deadline = time.monotonic() + seconds if seconds > 0 else None
-        while not stopping.is_set() and (deadline is None or time.monotonic() < deadline):
-            readable, _, _ = select.select([self.connection], [], [], 0.05)
-            if readable:
-                try:
-                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                        return  # the client gave up (its read timeout): stop holding a thread
-                except OSError:
-                    return
-                time.sleep(0.05)
+        hang(self.connection, self.server.emulator._stopping, seconds)
 
     def _respond(self, status: int, payload: dict[str, Any] | None) -> None:
         self.send_response(status)
