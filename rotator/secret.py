@@ -16,20 +16,47 @@ _MIN_SCRUB_LENGTH = 8
 
 
 class _Registry:
+    """Values of live Secrets, bucketed by length.
+
+    Scrubbing looks up every window of each registered length in a set, so its cost grows with the
+    text's length and the number of distinct value lengths, never with the number of secrets alive
+    (a rotation of thousands of targets would otherwise pay for every value on every log line)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: weakref.WeakSet[Secret] = weakref.WeakSet()
+        self._counts: dict[str, int] = {}
+        self._by_length: dict[int, set[str]] = {}
 
     def add(self, secret: Secret) -> None:
-        if len(secret._value) >= _MIN_SCRUB_LENGTH:
-            with self._lock:
-                self._values.add(secret)
+        value = secret._value
+        if len(value) < _MIN_SCRUB_LENGTH:
+            return
+        with self._lock:
+            self._counts[value] = self._counts.get(value, 0) + 1
+            self._by_length.setdefault(len(value), set()).add(value)
+        weakref.finalize(secret, self._discard, value)
+
+    def _discard(self, value: str) -> None:
+        with self._lock:
+            left = self._counts.get(value, 0) - 1
+            if left > 0:
+                self._counts[value] = left
+                return
+            self._counts.pop(value, None)
+            bucket = self._by_length.get(len(value))
+            if bucket is not None:
+                bucket.discard(value)
+                if not bucket:
+                    del self._by_length[len(value)]
 
     def scrub(self, text: str) -> str:
         with self._lock:
-            values = [s._value for s in self._values]
-        for value in values:
-            if value in text:
+            buckets = [(length, set(values)) for length, values in self._by_length.items()
+                       if length <= len(text)]
+        # longest first, so a value containing a shorter one is replaced whole
+        for length, values in sorted(buckets, key=lambda item: -item[0]):
+            found = {text[i:i + length] for i in range(len(text) - length + 1)} & values
+            for value in found:
                 text = text.replace(value, _REDACTED)
         return text
 
