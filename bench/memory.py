@@ -34,22 +34,23 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import (  # noqa: E402
+from throughput import (
     ADMIN_ENV,
     ADMIN_TOKEN,
     FAKE_AWS,
     REPO,
     ROTATOR,
+    SITECUSTOMIZE,
     Target,
     boto_client,
+    count_lines,
     emulator_process,
-    SITECUSTOMIZE,
     make_targets,
     memory_runtime,
     rotator_env,
@@ -73,7 +74,7 @@ def seed_rotated(emulator: Any, moto_url: str, targets: list[Target], workers: i
 
     emulator.seed([(t.client, t.name, t.value) for t in targets])
     client = boto_client(moto_url, pool=workers)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
     def one(t: Target) -> None:
         client.create_secret(Name=t.secret_id, SecretString=json.dumps(
@@ -103,7 +104,7 @@ def idle_daemon(args: argparse.Namespace, workdir: Path, count: int) -> dict[str
                               interval="30d", grace="15m",
                               extra_service=f'listen = "127.0.0.1:{free_port()}"')
         emulator.reset_counters()
-        err = open(workdir / "daemon.stderr", "wb")
+        err = open(workdir / "daemon.stderr", "wb")  # noqa: SIM115 - closed in the finally below
         env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file), "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
         process = subprocess.Popen([*ROTATOR, "run", "--config", str(config)], env=env, cwd=workdir,
                                    stdout=subprocess.DEVNULL, stderr=err)
@@ -131,7 +132,7 @@ def idle_daemon(args: argparse.Namespace, workdir: Path, count: int) -> dict[str
         result["clones"] = sum(v for k, v in counters.items() if k.startswith("POST") and k.endswith("/clone"))
         result["funnelback_calls"] = sum(counters.values())
         result["exit_code"] = process.returncode
-        result["log_lines"] = sum(1 for _ in open(workdir / "daemon.stderr", "rb"))
+        result["log_lines"] = count_lines(workdir / "daemon.stderr")
         aws = json.loads(counts_file.read_text()) if counts_file.exists() else {}
         result["aws_calls"] = {k[3:]: v for k, v in sorted(aws.items()) if k.startswith("op:")}
     result["samples"] = samples
@@ -157,7 +158,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
     for key, value in FAKE_AWS.items():
         os.environ[key] = value
     os.environ[ADMIN_ENV] = ADMIN_TOKEN
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed after the loop; structlog writes to it
     logs.configure(fmt="json", level="info", stream=devnull)
 
     rows: list[dict[str, Any]] = []
@@ -173,7 +174,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
         config = load_config(write_config(workdir / f"loop-{store}.toml", fb_url=emulator.url, moto_url=moto.url,
                                           targets=targets, interval="30d", grace="0s"))
 
-        clock_base = datetime.now(timezone.utc)
+        clock_base = datetime.now(UTC)
         round_no = 0
 
         def clock() -> datetime:
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run([sys.executable, __file__, "--loop", store, "--rotations", str(count),
                                "--loop-targets", str(args.loop_targets), "--sample-every", str(args.sample_every),
                                "--concurrency", str(args.concurrency), "--workdir", str(workdir)],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, check=False)
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
             results[store] = {"error": f"the {store} loop exited {done.returncode}", "failed": 1}

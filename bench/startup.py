@@ -20,7 +20,6 @@ spent importing, whenever it happened), the number of modules imported, and whic
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -31,8 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import (  # noqa: E402
-    REPO,
+from throughput import (
     emulator_process,
     make_targets,
     rotator_env,
@@ -64,12 +62,12 @@ def measure(argv: list[str], *, env: dict[str, str], cwd: Path, repeat: int, exp
     walls = []
     for _ in range(repeat):
         begin = time.perf_counter()
-        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
         walls.append(time.perf_counter() - begin)
         if done.returncode != expect:
             raise RuntimeError(f"{argv} exited {done.returncode}:\n{done.stdout[-800:]}\n{done.stderr[-1500:]}")
     done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, cwd=cwd, capture_output=True,
-                          text=True)
+                          text=True, check=False)
     if done.returncode != expect:
         raise RuntimeError(f"{argv} (importtime) exited {done.returncode}:\n{done.stderr[-1500:]}")
     total, count, heavy = importtime(done.stderr)
@@ -97,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             ("rotator --help", [py, "-m", "rotator", "--help"]),
             *[(f"rotator {c} --help", [py, "-m", "rotator", c, "--help"])
               for c in ("rotate", "run", "status", "check", "demo")],
-            ("load_config (validation)", [py, "-c", f"from rotator.config import load_config; "
-                                                    f"load_config({str(config)!r})"]),
+            ("load_config (validation)", [py, "-c", (f"from rotator.config import load_config; "
+                                                     f"load_config({str(config)!r})")]),
             ("rotator status (1 AWS target)", [py, "-m", "rotator", "status", *cfg]),
             ("rotator rotate (1 AWS target)", [py, "-m", "rotator", "rotate", targets[0].name, *cfg]),
         ]

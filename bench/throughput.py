@@ -49,7 +49,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,11 +57,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 for _p in (str(REPO / "tests"), str(REPO)):
@@ -148,7 +148,7 @@ class EmulatorProcess:
 
     def __init__(self, *, delay: float, workdir: Path) -> None:
         env = {**os.environ, ADMIN_ENV: ADMIN_TOKEN, "PYTHONPATH": str(REPO)}
-        self._log = open(workdir / "emulator.log", "wb")
+        self._log = open(workdir / "emulator.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rotator.testing.funnelback_emulator", "--port", "0",
              "--admin-token-env", ADMIN_ENV, "--client", "c0", "--delay-all-ms", str(delay * 1000.0)],
@@ -329,6 +329,11 @@ def run_child(argv: list[str], *, env: dict[str, str], workdir: Path, tag: str) 
         process.returncode = os.waitstatus_to_exitcode(status)
     return ChildResult(process.returncode, wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime,
                        out_path.read_text(), err_path)
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -525,7 +530,7 @@ def engine_only(n: int, args: argparse.Namespace, workdir: Path, *, funnelback_e
     from rotator.runtime import rotate_targets
 
     os.environ[ADMIN_ENV] = ADMIN_TOKEN
-    devnull = open(os.devnull, "w")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below; structlog keeps writing to it until then
     logs.configure(fmt="json", level="info", stream=devnull)
     targets = make_targets("e", n, args.tokens_per_client)
     with emulator_process(delay=args.delay, workdir=workdir) as emulator:
@@ -636,7 +641,7 @@ def measure(n: int, args: argparse.Namespace, workdir: Path) -> Row:
             row.cpu["rotator run: other processes"] = max(0.0, busy - sum(
                 v for k, v in row.cpu.items() if k.startswith("rotator run:")) - (self_cpu() - own))
             row.rotator_wall, row.peak_rss_mb = result.wall, result.max_rss_mb
-            row.log_lines = sum(1 for _ in open(result.stderr_path, "rb"))
+            row.log_lines = count_lines(result.stderr_path)
             state = emulator.state()
             fb_total, row.rotator_fb_ops = _fb_calls(state)
             row.fb_max_in_flight = int(state.get("maxInFlight", 0))

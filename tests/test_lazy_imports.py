@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ADMIN_TOKEN, SEED_NAME
+
 from rotator.testing.vault_emulator import VaultEmulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def _modules(tmp_path: Path) -> set[str]:
 def imported_by(tmp_path: Path, *args: str, ok: tuple[int, ...] = (0,), **env: str) -> set[str]:
     """Top-level modules imported by `rotator ARGS...` (run to completion)."""
     done = subprocess.run([sys.executable, "-c", WRAPPER, *args], env=_env(tmp_path, **env), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode in ok, f"rotator {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return _modules(tmp_path)
 
@@ -183,7 +183,7 @@ def test_config_validation_imports_no_sdk(tmp_path: Path) -> None:
         print("\\n".join(sorted({{m.split(".")[0] for m in sys.modules}})))
     """)
     done = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert not set(done.stdout.split()) & SDKS
 
@@ -263,9 +263,9 @@ def test_only_run_imports_apscheduler(tmp_path: Path, aws_secret: Path) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
-            out, err = process.communicate(timeout=30)
+            _out, err = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            out, err = process.communicate()
+            _out, err = process.communicate()
     assert "apscheduler" in modules, f"rotator run never imported apscheduler (exit {process.returncode}):\n{err[-3000:]}"
     assert "hvac" not in modules
