@@ -125,19 +125,20 @@ class Lease:
 def acquire_lease(home: Destination, *, target: str, ttl: float, wait: float, clock: Clock,
                   on_wait: Callable[[Journal], bool] | None = None,
                   prepare: Callable[[JournalRecord, Journal, str], None] | None = None,
-                  owner: str | None = None,
+                  owner: str | None = None, first: JournalRecord | None = None,
                   sleep: Callable[[float], None] = time.sleep) -> Lease | None:
     """Take the target's lease, waiting up to `wait` seconds while another live process holds it.
 
     `on_wait(journal)` is called each time the journal is read; when it returns True the caller no
     longer needs the lease (e.g. another process completed the rotation it wanted) and None is
     returned. `prepare(record, journal, owner)` may add to the journal written with the lease (one
-    write instead of two). Raises LeaseHeldError when `wait` runs out.
+    write instead of two). `first` is a record the caller has just read, used instead of reading
+    again (the compare-and-swap catches it being stale). Raises LeaseHeldError when `wait` runs out.
     """
     owner = owner or new_owner_id()
     deadline = time.monotonic() + wait
     while True:
-        record = home.read_journal()
+        record, first = (first, None) if first is not None else (home.read_journal(), None)
         journal = Journal(record.data)
         now = clock()
         holder, expires = journal.lease_owner, journal.lease_expires_at

@@ -224,7 +224,8 @@ class TargetRotation:
         with self._step("lock"):
             lease = acquire_lease(self.home, target=self.target.name, ttl=self.target.lock_ttl,
                                   wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
-                                  prepare=prepare, owner=owner, sleep=self.sleep)
+                                  prepare=prepare, owner=owner, sleep=self.sleep,
+                                  first=JournalRecord(snapshot.journal.data, snapshot.journal_version))
         if lease is None:
             self.log.info("rotation_completed_elsewhere")
             return Outcome(self.target.name, "completed-elsewhere")
