@@ -17,14 +17,11 @@ which run in this process, are not counted; with --in-process it is this whole p
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -36,7 +33,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from moto_server import start_moto_server
 
 from rotator.naming import is_generation
-from rotator.testing.funnelback_emulator import Fault, FaultSet, FunnelbackEmulator
+from rotator.testing.faults import RandomFaults
+from rotator.testing.funnelback_emulator import FaultSet, FunnelbackEmulator
 
 ADMIN_TOKEN = "load-test-admin-token-0123456789"
 CLIENT = "acme"
@@ -49,29 +47,6 @@ CHILD = ("import resource, sys\n"
          "finally:\n"
          "    print('LOAD_MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
          "sys.exit(code)\n")
-
-
-class RandomFaults(FaultSet):
-    """Each admin-API call is answered with a random fault of `kinds` with probability `rate`."""
-
-    def __init__(self, rate: float, seed: int) -> None:
-        super().__init__()
-        self.rate = rate
-        self._rng = random.Random(seed)
-        self._rng_lock = threading.Lock()
-        self.injected: collections.Counter[str] = collections.Counter()
-        self.calls = 0
-
-    def take(self, method: str, path: str) -> Fault | None:
-        fault = super().take(method, path)
-        if fault is not None:
-            return fault
-        with self._rng_lock:
-            self.calls += 1
-            spec = self._rng.choice(FAULT_KINDS) if self._rng.random() < self.rate else None
-            if spec is not None:
-                self.injected[f"{spec['kind']}{spec.get('status', '')}"] += 1
-        return Fault(**spec) if spec is not None else None
 
 
 def write_config(path: Path, fb_url: str, moto_url: str, names: list[str], prefix: str, concurrency: int) -> None:
@@ -145,7 +120,7 @@ def run_once(count: int, args: argparse.Namespace, moto_url: str, workdir: Path)
         for name in names:
             value = emulator.add_token(CLIENT, name)
             sm.create_secret(Name=f"{prefix}/{name}", SecretString=json.dumps({"token": value}))
-        faults = RandomFaults(args.fault_rate, args.seed)
+        faults = RandomFaults(args.fault_rate, args.seed, kinds=FAULT_KINDS)
         emulator.faults = faults
         config = workdir / f"load-{count}.toml"
         write_config(config, emulator.url, moto_url, names, prefix, args.concurrency)

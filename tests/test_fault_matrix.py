@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import os
-import random
 import re
 import threading
 import time
@@ -65,7 +64,8 @@ try:
 except ImportError:     # an engine that lists tokens on every run
     SWEEP_EVERY = 0.0
 from rotator.secret import Secret
-from rotator.testing.funnelback_emulator import Fault, FaultSet, FunnelbackEmulator
+from rotator.testing.faults import RandomFaults
+from rotator.testing.funnelback_emulator import FunnelbackEmulator
 from rotator.testing.memory_store import MemoryDestination
 
 pytestmark = pytest.mark.timeout(90)
@@ -221,32 +221,6 @@ class RefusingSession(requests.Session):
                     urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: "
                                                                 "[Errno 111] Connection refused"))
         return super().request(method, url, *args, **kwargs)
-
-
-class RandomFaults(FaultSet):
-    """A FaultSet that, besides its own faults, hits each admin-API call with probability `rate`
-    with one of `kinds` (the emulator's counts-based faults cannot express "5% of all calls")."""
-
-    def __init__(self, rate: float, seed: int = 1, kinds: Sequence[dict[str, Any]] | None = None) -> None:
-        super().__init__()
-        self.rate = rate
-        self._rng = random.Random(seed)
-        self._rng_lock = threading.Lock()
-        self.kinds = list(kinds or [{"kind": "status", "status": 503}, {"kind": "status", "status": 429},
-                                    {"kind": "delay", "delay_seconds": 0.05}])
-        self.injected: collections.Counter[str] = collections.Counter()
-
-    def take(self, method: str, path: str) -> Fault | None:
-        fault = super().take(method, path)
-        if fault is not None:
-            return fault
-        with self._rng_lock:
-            hit = self._rng.random() < self.rate
-            spec = self._rng.choice(self.kinds) if hit else None
-        if spec is None:
-            return None
-        self.injected[f"{spec['kind']}{spec.get('status', '')}"] += 1
-        return Fault(**spec)
 
 
 def seed_destinations(emulator: FunnelbackEmulator, *labels: str,

@@ -12,13 +12,15 @@ what each kind means on its wire (see each emulator's docstring):
 
 from __future__ import annotations
 
+import collections
+import random
 import re
 import select
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 FAULT_KINDS = frozenset({"status", "delay", "hang", "lose_answer", "reset"})
 
@@ -109,3 +111,30 @@ def hang(connection: socket.socket, stopping: threading.Event, seconds: float) -
             except OSError:
                 return
             time.sleep(0.05)
+
+
+class RandomFaults(FaultSet):
+    """A FaultSet that, besides its own faults, hits each call with probability `rate` with one of
+    `kinds` (counted faults cannot express "5% of all calls"). Swap it in as an emulator's `faults`."""
+
+    def __init__(self, rate: float, seed: int = 1, kinds: Sequence[Mapping[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.rate = rate
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self.kinds = [dict(k) for k in (kinds or [{"kind": "status", "status": 503},
+                                                  {"kind": "status", "status": 429},
+                                                  {"kind": "delay", "delay_seconds": 0.05}])]
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.calls = 0
+
+    def take(self, method: str, path: str) -> Fault | None:
+        fault = super().take(method, path)
+        if fault is not None:
+            return fault
+        with self._rng_lock:
+            self.calls += 1
+            spec = self._rng.choice(self.kinds) if self._rng.random() < self.rate else None
+            if spec is not None:
+                self.injected[f"{spec['kind']}{spec.get('status', '')}"] += 1
+        return Fault(**spec) if spec is not None else None
