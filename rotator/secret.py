@@ -26,22 +26,28 @@ class _Registry:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._by_length: dict[int, set[str]] = {}
+        # Values of collected Secrets, removed at the next add/scrub. Finalizers run inside garbage
+        # collection, which can start while this thread holds the lock: they must never take it.
+        self._dead: list[str] = []
 
     def add(self, secret: Secret) -> None:
         value = secret._value
         if len(value) < _MIN_SCRUB_LENGTH:
             return
         with self._lock:
+            self._reap()
             self._counts[value] = self._counts.get(value, 0) + 1
             self._by_length.setdefault(len(value), set()).add(value)
-        weakref.finalize(secret, self._discard, value)
+        weakref.finalize(secret, self._dead.append, value)
 
-    def _discard(self, value: str) -> None:
-        with self._lock:
+    def _reap(self) -> None:
+        """Forget values of collected Secrets (lock held)."""
+        while self._dead:
+            value = self._dead.pop()
             left = self._counts.get(value, 0) - 1
             if left > 0:
                 self._counts[value] = left
-                return
+                continue
             self._counts.pop(value, None)
             bucket = self._by_length.get(len(value))
             if bucket is not None:
@@ -51,7 +57,8 @@ class _Registry:
 
     def scrub(self, text: str) -> str:
         with self._lock:
-            buckets = [(length, set(values)) for length, values in self._by_length.items()
+            self._reap()
+            buckets = [(length, frozenset(values)) for length, values in self._by_length.items()
                        if length <= len(text)]
         # longest first, so a value containing a shorter one is replaced whole
         for length, values in sorted(buckets, key=lambda item: -item[0]):
