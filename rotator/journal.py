@@ -2,7 +2,7 @@
 
     lease                {owner, expires_at, acquired_at}       who may change the target now
     in_progress          {new_token_name, source_token_name,    a rotation between clone and
-                          previous, started_at, phase, owner}    promotion, written before the clone
+                          previous, started_at, owner}           promotion, written before the clone
     pending_revocations  [{name, not_before}]                   previous tokens waiting out grace
     last_result          {outcome, at, token_name, error}       for `status` and metrics
     last_success_at                                              when a rotation last completed
@@ -64,14 +64,9 @@ class Journal:
         """Write-ahead record of a rotation: the new name before the clone is asked for, and the
         tokens it replaces, so a run that dies anywhere after this leaves enough to finish it."""
         self.data["in_progress"] = {"new_token_name": new_token_name, "source_token_name": source_token_name,
-                                    "previous": sorted(set(previous)), "started_at": iso(now),
-                                    "phase": "cloning", "owner": owner}
+                                    "previous": sorted(set(previous)), "started_at": iso(now), "owner": owner}
         # Names are never reused, even after an abandoned attempt: stores may key writes on the name.
         self.data["last_generation"] = new_token_name
-
-    def set_phase(self, phase: str) -> None:
-        if self.in_progress:
-            self.data["in_progress"]["phase"] = phase
 
     def finish(self) -> None:
         self.data.pop("in_progress", None)

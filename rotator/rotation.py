@@ -397,8 +397,7 @@ class TargetRotation:
         new_name = str(in_progress["new_token_name"])
         snapshot = self._snapshot_under(lease)
         holder = self._find_payload(snapshot, new_name)
-        self.log.info("resume", new_token_name=new_name, phase=in_progress.get("phase"),
-                      value_stored=holder is not None)
+        self.log.info("resume", new_token_name=new_name, value_stored=holder is not None)
         if holder is None:
             # Crashed between clone and persist (or the clone's answer was lost): nobody knows the
             # value, so the token can only be an orphan. Revoke it; the caller rotates afresh.

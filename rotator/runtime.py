@@ -136,6 +136,7 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
         status.update(error=exc.one_line(), state="unknown")
         return status
     served = snapshot.served(target)
+    stored = {n for n in served if n} | snapshot.pending_names()
     rotated_at = snapshot.oldest_rotation()
     journal = snapshot.journal
     in_progress = journal.in_progress
@@ -151,7 +152,10 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
         next_due=iso(due) if (due := next_due_at(snapshot, target, now=now)) else "now",
         due=bool(due_reason(snapshot, target, now)),
         pending_work=pending_work(snapshot, target, now),
-        in_progress=({"new_token_name": in_progress.get("new_token_name"), "phase": in_progress.get("phase"),
+        # The phase is read off the stores, not written to the journal: a stored value means the
+        # clone is done and the next run verifies and promotes it; none means it is cloning.
+        in_progress=({"new_token_name": in_progress.get("new_token_name"),
+                      "phase": "stored" if in_progress.get("new_token_name") in stored else "cloning",
                       "started_at": in_progress.get("started_at"),
                       "lease_live": lease_is_live(journal, now)} if in_progress else None),
         pending_revocations=journal.pending_revocations,
