@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Sequence
 
-from rotator.backends.base import Destination, DestinationState, JournalRecord, Payload
+from rotator.backends.base import (
+    CurrentVersion,
+    Destination,
+    DestinationState,
+    JournalRecord,
+    Payload,
+    QuickDestination,
+)
 from rotator.config import TargetSettings
 from rotator.errors import (
     FunnelbackAuthError,
@@ -34,9 +41,10 @@ from rotator.errors import (
 )
 from rotator.funnelback import FunnelbackClient, NewToken, TokenInfo
 from rotator.journal import Journal, iso, parse_iso
-from rotator.lease import Lease, acquire_lease, new_owner_id
+from rotator.lease import Lease, acquire_lease, lease_is_live, new_owner_id
 from rotator.logs import get_logger
-from rotator.naming import is_generation, next_generation
+from rotator.naming import generation_time, is_generation, next_generation
+from rotator.quick import QuickRotation
 from rotator.secret import Secret
 
 log = get_logger("rotator.rotation")
@@ -80,6 +88,10 @@ class Snapshot:
     def served(self, target: TargetSettings) -> list[str | None]:
         """The token name each destination serves as current (None: nothing)."""
         return [current_name(state, target) for state in self.states]
+
+    def marked(self) -> bool:
+        """A destination still marks the value it replaced as not retired (rotator.quick)."""
+        return any(s.retiring.version is not None for s in self.states)
 
     def pending_names(self) -> set[str]:
         return {s.pending.payload.token_name for s in self.states
@@ -151,6 +163,8 @@ def pending_work(snapshot: Snapshot, target: TargetSettings, now: datetime) -> s
         return "a rotation was left half-done"
     if snapshot.pending_names():
         return "a pending value is stored"
+    if snapshot.marked():
+        return "a replaced token is not retired yet"
     if snapshot.journal.due_revocations(now):
         return "a previous token's grace period has passed"
     return None
@@ -171,6 +185,11 @@ class TargetRotation:
         self.clock = clock
         self.sleep = sleep
         self.log = log.bind(target=target.name)
+        #: set when the quick path saw generations it could not account for: sweep this run
+        self.suspect_orphans = False
+        #: the token names served when this run first looked (a forced run that finds them replaced
+        #: by the time it holds the lease reports completed-elsewhere)
+        self.first_seen: set[str | None] | None = None
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -187,12 +206,24 @@ class TargetRotation:
         begin = time.monotonic()
         outcome = Outcome(self.target.name, "not-due")
         try:
+            quick = self._quick()
+            # A forced run tries the quick path first: one read instead of the full one.
+            quick_outcome = quick.run(force=True) if quick is not None and force and not dry_run else None
+            if quick_outcome is not None:
+                outcome = quick_outcome
+                return outcome
             snapshot = self.observe()
             now = self.clock()
             reason = "requested" if force else due_reason(snapshot, self.target, now)
             work = pending_work(snapshot, self.target, now)
             if dry_run:
                 outcome = self._plan(snapshot, reason, work)
+            elif force and not work and self.first_seen is not None and set(snapshot.served(self.target)) != self.first_seen:
+                # The quick path gave way to another run's rotation, which has finished since.
+                outcome = Outcome(self.target.name, "completed-elsewhere")
+            elif reason and quick is not None and not work and self._quick_may_start(snapshot, now) and \
+                    (quick_outcome := quick.run(force=force, current=_current_version(snapshot))) is not None:
+                outcome = quick_outcome
             elif reason or work:
                 outcome = self._run_under_lease(force=force, started=started, snapshot=snapshot,
                                                 rotate=bool(reason))
@@ -201,8 +232,21 @@ class TargetRotation:
         except RotatorError as exc:
             outcome = Outcome(self.target.name, "failed", ok=False, error=exc.one_line())
             self.log.error("rotation_failed", error=exc.one_line())
-        outcome.duration = time.monotonic() - begin
+        finally:
+            outcome.duration = time.monotonic() - begin
         return outcome
+
+    def _quick(self) -> QuickRotation | None:
+        """The journal-free path (rotator.quick), for a target whose one destination supports it."""
+        if len(self.destinations) == 1 and isinstance(self.home, QuickDestination):
+            return QuickRotation(self, self.home)
+        return None
+
+    def _quick_may_start(self, snapshot: Snapshot, now: datetime) -> bool:
+        """Nothing in the full read for the journal path to do first: no pending value or mark, no
+        rotation left in the journal, no other process holding the lease."""
+        return self._is_quiet(snapshot) and not lease_is_live(snapshot.journal, now) \
+            and snapshot.states[0].current.version is not None
 
     def _run_under_lease(self, *, force: bool, started: datetime, snapshot: Snapshot, rotate: bool) -> Outcome:
         def finished_elsewhere(journal: Journal) -> bool:
@@ -221,7 +265,7 @@ class TargetRotation:
             if intent is not None and record.version == snapshot.journal_version and not journal.in_progress:
                 journal.start(**intent, now=self.clock(), owner=owner)
 
-        with self._step("lock"):
+        with self.step("lock"):
             lease = acquire_lease(self.home, target=self.target.name, ttl=self.target.lock_ttl,
                                   wait=self.target.lock_wait, clock=self.clock, on_wait=finished_elsewhere,
                                   prepare=prepare, owner=owner, sleep=self.sleep,
@@ -231,7 +275,7 @@ class TargetRotation:
             return Outcome(self.target.name, "completed-elsewhere")
         fresh = lease.acquired_from == snapshot.journal_version
         try:
-            outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None)
+            outcome = self._work(lease, force=force, snapshot=snapshot if fresh else None, initial=snapshot)
         except RotatorError as exc:
             message = exc.one_line()
             self._release(lease, lambda j: j.record_result("failure", self.clock(), error=message))
@@ -251,9 +295,10 @@ class TargetRotation:
             # Not fatal: the lease expires by itself; the work itself is done or safely resumable.
             self.log.warning("lease_release_failed", error=exc.one_line())
 
-    def _work(self, lease: Lease, *, force: bool, snapshot: Snapshot | None) -> Outcome:
+    def _work(self, lease: Lease, *, force: bool, snapshot: Snapshot | None, initial: Snapshot) -> Outcome:
         """Everything done under the lease. `snapshot` is the state read just before taking the
-        lease, when nothing has changed since (else None, and the state is read again)."""
+        lease, when nothing has changed since (else None, and the state is read again); `initial`
+        is that state in any case."""
         outcome = Outcome(self.target.name, "not-due")
         in_progress = lease.journal.in_progress
         if in_progress and in_progress.get("owner") == lease.owner and snapshot is not None:
@@ -265,20 +310,33 @@ class TargetRotation:
             if sweep:
                 # after the rotation: the new token is served, and clones that took effect only
                 # after their timeout (earlier runs' or this one's) have landed by now
-                self._sweep_orphans(lease, self._snapshot_under(lease), self._list_tokens())
+                self._sweep_orphans(lease, self._snapshot_under(lease), self.list_tokens())
         else:
             if in_progress:
                 resumed = self._resume(lease, in_progress)
                 if resumed:
                     outcome.result, outcome.new_token_name = "resumed", resumed
+            served_before = self.first_seen if self.first_seen is not None else set(initial.served(self.target))
             if snapshot is None or in_progress:
+                snapshot = self._snapshot_under(lease)
+            if snapshot.marked():
+                snapshot = self._convert_marks(lease, snapshot)
+            snapshot = self._wait_for_young_pending(lease, snapshot)
+            if not in_progress and (adopted := self._adopt_pending(lease, snapshot)):
+                in_progress = adopted
+                resumed = self._resume(lease, adopted)
+                if resumed:
+                    outcome.result, outcome.new_token_name = "resumed", resumed
                 snapshot = self._snapshot_under(lease)
             if self._discard_stale_pending(lease, snapshot):
                 snapshot = self._snapshot_under(lease)  # the slots' versions changed
             if self._needs_sweep(snapshot, had_in_progress=bool(in_progress)):
-                self._sweep_orphans(lease, snapshot, self._list_tokens())
+                self._sweep_orphans(lease, snapshot, self.list_tokens())
             served = {n for n in snapshot.served(self.target) if n}
-            if outcome.result != "resumed":
+            if force and outcome.result != "resumed" and set(snapshot.served(self.target)) != served_before:
+                # A quick rotation (rotator.quick) in another process finished while we waited.
+                outcome.result = "completed-elsewhere"
+            if outcome.result not in ("resumed", "completed-elsewhere"):
                 reason = "requested" if force else due_reason(snapshot, self.target, self.clock())
                 if reason:
                     self.log.info("rotation_started", reason=reason)
@@ -301,8 +359,8 @@ class TargetRotation:
 
     @staticmethod
     def _is_quiet(snapshot: Snapshot) -> bool:
-        """No rotation left in flight and no pending value: a new rotation may start directly."""
-        return not snapshot.journal.in_progress and not snapshot.pending_names()
+        """No rotation left in flight, no pending value, no mark: a new rotation may start directly."""
+        return not snapshot.journal.in_progress and not snapshot.pending_names() and not snapshot.marked()
 
     def _intent(self, snapshot: Snapshot) -> dict[str, Any]:
         served = [n for n in snapshot.served(self.target) if n]
@@ -319,6 +377,8 @@ class TargetRotation:
         orphan can exist: after a run that died or failed, and once a day as a safety net. A target
         whose journal was never written has no rotator-made token at all."""
         journal = snapshot.journal
+        if self.suspect_orphans:
+            return True
         if journal.is_empty and not had_in_progress:
             return False
         last = journal.last_result or {}
@@ -331,8 +391,8 @@ class TargetRotation:
     def _rotate(self, lease: Lease, snapshot: Snapshot, intent: dict[str, Any]) -> str:
         new_name, new = self._clone(lease, intent)
         rotated_at = self.clock()
-        payloads = [self._payload_for(state, new.value, new_name, rotated_at) for state in snapshot.states]
-        with self._step("persist", new_token_name=new_name):
+        payloads = [self.payload_for(state, new.value, new_name, rotated_at) for state in snapshot.states]
+        with self.step("persist", new_token_name=new_name):
             try:
                 lease.ensure_held()
                 for destination, state, payload in zip(self.destinations, snapshot.states, payloads, strict=True):
@@ -349,8 +409,9 @@ class TargetRotation:
 
         A clone whose outcome is unknown (timeout, lost answer, 5xx) may have made a token nobody
         knows the value of: it is revoked by name, and the clone is tried again under a new name
-        (recorded first), so one flaky answer does not fail the run. 409 (the name exists: an orphan
-        of an earlier lost answer) is handled the same way; 401/403/404 are not retried."""
+        (recorded first), so one flaky answer does not fail the run. 409 (the name exists) is retried
+        under a new name too, but the token holding the name is left to the sweep, which waits until
+        it is old enough not to be another process's; 401/403/404 are not retried."""
         source = str(intent["source_token_name"])
         new_name = str(intent["new_token_name"])
         taken = [new_name, *intent.get("previous", [])]
@@ -361,10 +422,19 @@ class TargetRotation:
                 lease.update(lambda j, name=new_name: j.start(name, source, self.clock(), owner=lease.owner,
                                                               previous=intent.get("previous", ())))
             lease.ensure_held()
-            with self._step("clone", source=source, new_token_name=new_name, attempt=attempt) as fields:
+            with self.step("clone", source=source, new_token_name=new_name, attempt=attempt) as fields:
                 try:
                     return new_name, self.funnelback.clone_client_token(self.target.client_id, source, new_name)
-                except (FunnelbackTransientError, FunnelbackProtocolError, FunnelbackConflictError) as exc:
+                except FunnelbackConflictError as exc:
+                    # The name exists: an orphan of an earlier lost answer, or the clone of a quick
+                    # rotation (rotator.quick) in another process that chose the same second. Not ours
+                    # to revoke by name: try another name; the sweep deals with it once it is old.
+                    fields.update(outcome="name_taken", error=exc.one_line())
+                    self.suspect_orphans = True
+                    if attempt == CLONE_ATTEMPTS:
+                        raise RotationError(f"cloning {source} failed: {exc.one_line()}",
+                                            target=self.target.name, step="clone") from None
+                except (FunnelbackTransientError, FunnelbackProtocolError) as exc:
                     fields.update(outcome="unknown", error=exc.one_line())
                     cleaned = self._abandon_new_token(lease, new_name, stored=False)
                     if not cleaned or attempt == CLONE_ATTEMPTS:
@@ -372,7 +442,7 @@ class TargetRotation:
                                             target=self.target.name, step="clone") from None
                 except FunnelbackNotFoundError:
                     self._abandon_new_token(lease, new_name, stored=False)
-                    raise self._missing_source(source) from None
+                    raise self.missing_source(source) from None
                 except FunnelbackError as exc:
                     self._abandon_new_token(lease, new_name, stored=False)
                     raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=self.target.name,
@@ -380,7 +450,7 @@ class TargetRotation:
             self.sleep(min(2.0, 0.2 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _missing_source(self, source: str) -> RotationError:
+    def missing_source(self, source: str) -> RotationError:
         try:
             names = {t.name for t in self.funnelback.list_client_tokens(self.target.client_id)}
         except FunnelbackError:
@@ -405,7 +475,7 @@ class TargetRotation:
                 raise RotationError(f"could not revoke {new_name}, left by an interrupted rotation",
                                     target=self.target.name, step="resume", hint="the next run tries again")
             return None
-        if new_name not in {t.name for t in self._list_tokens()}:
+        if new_name not in {t.name for t in self.list_tokens()}:
             # Its value is stored, but the token is gone from Funnelback: an earlier run abandoned
             # (revoked) it and could not withdraw every pending copy. Never complete a revoked token:
             # withdraw the copies; the caller rotates afresh.
@@ -414,17 +484,17 @@ class TargetRotation:
                 raise RotationError(f"could not withdraw {new_name}, left by an abandoned rotation",
                                     target=self.target.name, step="resume", hint="the next run tries again")
             return None
-        with self._step("persist", new_token_name=new_name, resumed=True):
+        with self.step("persist", new_token_name=new_name, resumed=True):
             for destination, state in zip(self.destinations, snapshot.states, strict=True):
                 if not _holds(state, holder):
                     destination.write_pending(
-                        self._payload_for(state, holder.token, new_name, holder.rotated_at or self.clock()), state)
+                        self.payload_for(state, holder.token, new_name, holder.rotated_at or self.clock()), state)
         self._complete(lease, new_name, holder.token)
         return new_name
 
     def _complete(self, lease: Lease, new_name: str, value: Secret) -> None:
         """verify -> promote everywhere -> schedule the previous tokens' revocation."""
-        with self._step("verify", new_token_name=new_name):
+        with self.step("verify", new_token_name=new_name):
             lease.ensure_held()
             snapshot = self._snapshot_under(lease)
             for destination, state in zip(self.destinations, snapshot.states, strict=True):
@@ -446,7 +516,7 @@ class TargetRotation:
         in_progress = lease.journal.in_progress or {}
         recorded = [*in_progress.get("previous", []), in_progress.get("source_token_name")]
         previous = {name for name in [*snapshot.served(self.target), *recorded] if name and name != new_name}
-        with self._step("promote", new_token_name=new_name, previous=sorted(previous)):
+        with self.step("promote", new_token_name=new_name, previous=sorted(previous)):
             for destination, state in zip(self.destinations, snapshot.states, strict=True):
                 lease.ensure_held()
                 if state.current.payload is not None and state.current.payload.token == value \
@@ -487,7 +557,7 @@ class TargetRotation:
             except RotatorError as exc:
                 clean = False
                 self.log.warning("discard_pending_failed", destination=destination.label, error=exc.one_line())
-        if not self._revoke(new_name, reason="abandoned"):
+        if not self.revoke(new_name, reason="abandoned"):
             clean = False
         if clean:
             try:
@@ -496,6 +566,48 @@ class TargetRotation:
                 self.log.warning("journal_update_failed", error=exc.one_line())
                 clean = False
         return clean
+
+    def _convert_marks(self, lease: Lease, snapshot: Snapshot) -> Snapshot:
+        """A mark left by rotator.quick (a run that died, or could not revoke, between promotion
+        and revocation): the value it replaced is recorded for revocation after its grace period,
+        measured from the new value's rotated_at, then the mark is dropped."""
+        marked = [(d, s) for d, s in zip(self.destinations, snapshot.states, strict=True)
+                  if s.retiring.version is not None]
+
+        def schedule(journal: Journal) -> None:
+            for _destination, state in marked:
+                replaced = state.retiring.payload
+                name = (replaced.token_name or self.target.token_name) if replaced else None
+                if name is None or name == current_name(state, self.target):
+                    continue
+                current = state.current.payload
+                promoted = (current.rotated_at if current else None) or self.clock()
+                journal.schedule_revocation(name, promoted + timedelta(seconds=self.target.grace_period))
+
+        lease.ensure_held()
+        lease.update(schedule)
+        for destination, state in marked:
+            if isinstance(destination, QuickDestination) and state.current.version is not None:
+                with self.step("retire_mark", destination=destination.label):
+                    destination.retire_marker(state.current.version)
+        return self._snapshot_under(lease)
+
+    def _wait_for_young_pending(self, lease: Lease, snapshot: Snapshot) -> Snapshot:
+        """A pending value that no journal entry explains, stored less than lock_ttl ago, is most
+        likely a quick rotation (rotator.quick) in flight in another process, which holds no lease:
+        give it until it is lock_ttl old (that run gives up by then) before taking it for abandoned."""
+        ttl = timedelta(seconds=self.target.lock_ttl)
+        deadline = time.monotonic() + self.target.lock_ttl + 1.0
+        while True:
+            now = self.clock()
+            stored = [p.rotated_at for s in snapshot.states if (p := s.pending.payload) and p.rotated_at]
+            youngest = max((t for t in stored if now - t < ttl), default=None)
+            if youngest is None or time.monotonic() >= deadline:
+                return snapshot
+            self.log.info("waiting_for_pending_value", until=iso(youngest + ttl))
+            self.sleep(max(0.1, min(1.0, (youngest + ttl - now).total_seconds())))
+            lease.ensure_held()
+            snapshot = self._snapshot_under(lease)
 
     def _discard_stale_pending(self, lease: Lease, snapshot: Snapshot) -> bool:
         """Pending values no rotation owns any more (a cleanup that crashed half-way). Returns
@@ -508,28 +620,77 @@ class TargetRotation:
                 continue
             discarded = True
             lease.ensure_held()
-            with self._step("discard_stale_pending", destination=destination.label,
+            with self.step("discard_stale_pending", destination=destination.label,
                             token_name=pending.token_name):
                 destination.discard_pending(state)
             if pending.token_name and pending.token_name not in served and \
                     is_generation(self.target.token_name, pending.token_name):
-                self._revoke(pending.token_name, reason="stale pending value")
+                self.revoke(pending.token_name, reason="stale pending value")
         return discarded
 
     def _sweep_orphans(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> None:
-        """Revoke rotator-made tokens that no destination serves and no journal entry explains."""
-        journal = lease.journal
-        keep = {n for n in snapshot.served(self.target) if n} | snapshot.pending_names()
-        keep |= {r["name"] for r in journal.pending_revocations}
-        if journal.in_progress:
-            keep.add(journal.in_progress["new_token_name"])
+        """Revoke rotator-made tokens that no destination serves and no journal entry explains.
+
+        One younger than lock_ttl may be a quick rotation's clone (rotator.quick takes no lease) on
+        its way to being stored, or what such a run left when it died just now: wait for it to age
+        (at most lock_ttl; that run gives up by then), then read the stores and the tokens again."""
+        deadline = time.monotonic() + self.target.lock_ttl + 2.0
+        revoked: set[str] = set()
         clean = True
-        for token in tokens:
-            if token.name not in keep and is_generation(self.target.token_name, token.name):
+        while True:
+            keep = self._explained(lease.journal, snapshot)
+            young_after = self.clock() - timedelta(seconds=self.target.lock_ttl)
+            young = []
+            for token in tokens:
+                born = generation_time(self.target.token_name, token.name)
+                if born is None or token.name in keep or token.name in revoked:
+                    continue
+                if born > young_after:
+                    young.append(born)
+                    continue
                 lease.ensure_held()
-                clean = self._revoke(token.name, reason="orphan") and clean
+                if self.revoke(token.name, reason="orphan"):
+                    revoked.add(token.name)
+                else:
+                    clean = False
+            if not young or time.monotonic() >= deadline:
+                clean = clean and not young
+                break
+            wait = (max(young) - young_after).total_seconds() + 0.5
+            self.log.info("waiting_for_young_tokens", count=len(young), seconds=round(wait, 1))
+            self.sleep(max(0.2, min(wait, deadline - time.monotonic())))
+            lease.ensure_held()
+            snapshot, tokens = self._snapshot_under(lease), self.list_tokens()
         if clean:
             lease.stage(lambda j: j.record_sweep(self.clock()))
+
+    def _explained(self, journal: Journal, snapshot: Snapshot) -> set[str]:
+        """Token names that the stores or the journal account for."""
+        keep = {n for n in snapshot.served(self.target) if n} | snapshot.pending_names()
+        keep |= {r["name"] for r in journal.pending_revocations}
+        keep |= {p.token_name for s in snapshot.states if (p := s.retiring.payload) and p.token_name}
+        if journal.in_progress:
+            keep.add(journal.in_progress["new_token_name"])
+        return keep
+
+    def _adopt_pending(self, lease: Lease, snapshot: Snapshot) -> dict[str, Any] | None:
+        """A pending value that no journal entry explains (a quick rotation, rotator.quick, that died
+        between storing and promoting): record it as the rotation in progress, so it is resumed
+        rather than discarded. Only a generation newer than every token served qualifies."""
+        served = [n for n in snapshot.served(self.target) if n]
+        floor = max((t for n in served if (t := generation_time(self.target.token_name, n))), default=None)
+        candidates = sorted(n for n in snapshot.pending_names()
+                            if (born := generation_time(self.target.token_name, n)) is not None
+                            and (floor is None or born > floor))
+        if not candidates:
+            return None
+        name = candidates[-1]
+        source = served[0] if served else self.target.token_name
+        lease.ensure_held()
+        journal = lease.update(lambda j: j.start(name, source, self.clock(), previous=served or [source],
+                                                 owner=lease.owner))
+        self.log.info("adopt_pending_value", new_token_name=name)
+        return journal.in_progress
 
     def _revoke_due(self, lease: Lease, served: set[str]) -> list[str]:
         """Revoke previous tokens whose grace period has passed and that no destination serves."""
@@ -541,15 +702,15 @@ class TargetRotation:
                 self.log.warning("revocation_deferred", token_name=name, reason="still served by a destination")
                 continue
             lease.ensure_held()
-            if self._revoke(name, reason="grace period over"):
+            if self.revoke(name, reason="grace period over"):
                 lease.stage(lambda j, n=name: j.revocation_done(n))
                 revoked.append(name)
         return revoked
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _revoke(self, name: str, *, reason: str) -> bool:
-        with self._step("revoke", token_name=name, reason=reason) as fields:
+    def revoke(self, name: str, *, reason: str) -> bool:
+        with self.step("revoke", token_name=name, reason=reason) as fields:
             try:
                 fields["existed"] = existed = self.funnelback.revoke_client_token(self.target.client_id, name)
                 if not existed and name in {t.name for t in self.funnelback.list_client_tokens(self.target.client_id)}:
@@ -565,11 +726,11 @@ class TargetRotation:
                 return False
         return True
 
-    def _list_tokens(self) -> list[TokenInfo]:
-        with self._step("list_tokens"):
+    def list_tokens(self) -> list[TokenInfo]:
+        with self.step("list_tokens"):
             return self.funnelback.list_client_tokens(self.target.client_id)
 
-    def _payload_for(self, state: DestinationState, value: Secret, name: str, rotated_at: datetime) -> Payload:
+    def payload_for(self, state: DestinationState, value: Secret, name: str, rotated_at: datetime) -> Payload:
         base = state.current.payload or Payload(token=value, token_name=None, client_id=None, rotated_at=None)
         return base.successor(token=value, token_name=name, client_id=self.target.client_id, rotated_at=rotated_at)
 
@@ -601,7 +762,7 @@ class TargetRotation:
         return outcome
 
     @contextmanager
-    def _step(self, step: str, **context: Any) -> Iterator[dict[str, Any]]:
+    def step(self, step: str, **context: Any) -> Iterator[dict[str, Any]]:
         """Log one event per step: target, step, outcome, duration. The body may add fields
         (including its own "outcome", e.g. "unknown" for a call whose effect is not known)."""
         fields: dict[str, Any] = dict(context)
@@ -619,6 +780,14 @@ class TargetRotation:
         fields.setdefault("outcome", "ok")
         level = self.log.warning if fields["outcome"] != "ok" else self.log.info
         level("step", step=step, duration_ms=_ms(begin), **fields)
+
+
+def _current_version(snapshot: Snapshot) -> CurrentVersion:
+    """The first destination's current version as the quick path reads it (the full read has
+    already found no pending label and no mark on it)."""
+    current = snapshot.states[0].current
+    assert current.version is not None
+    return CurrentVersion(version_id=current.version, stages=(), payload=current.payload)
 
 
 def _holds(state: DestinationState, payload: Payload) -> bool:

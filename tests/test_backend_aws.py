@@ -27,7 +27,7 @@ from moto_server import MotoServer, free_port, start_moto_server  # noqa: E402
 
 from rotator.backends import open_backend  # noqa: E402
 from rotator.backends.aws import AwsDestination, AwsSecretsManagerBackend, _Described, request_token  # noqa: E402
-from rotator.backends.base import DestinationState, JournalRecord, Payload  # noqa: E402
+from rotator.backends.base import DestinationState, JournalRecord, Payload, Slot  # noqa: E402
 from rotator.config import BackendSettings  # noqa: E402
 from rotator.errors import (  # noqa: E402
     BackendAuthError,
@@ -243,9 +243,13 @@ def test_promote_resumes_after_a_crash_between_its_two_label_moves(
     sm.update_secret_version_stage(SecretId=secret_id, VersionStage="AWSCURRENT",
                                    MoveToVersionId=state.pending.version, RemoveFromVersionId=state.current.version)
     half = dest.read()
-    assert half.current.payload is None and half.pending.payload == new  # pending is never current
-    dest.promote(new, half)
+    # What AWS serves is current; the label left on it marks the replaced value as not retired yet.
+    assert half.current.payload == new and half.pending.payload is None
+    assert half.retiring.payload == state.current.payload and half.retiring.version == state.current.version
+    dest.promote(new, half)                      # already current: nothing to move
+    dest.retire_marker(state.pending.version)    # the journal path does this once the old token is recorded
     assert stages(sm, secret_id) == {state.pending.version: ["AWSCURRENT"], state.current.version: ["AWSPREVIOUS"]}
+    assert dest.read().retiring == Slot()
 
 
 def test_promote_of_the_first_value_only_clears_pending(dest: AwsDestination, sm: Any, secret_id: str) -> None:

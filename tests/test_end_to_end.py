@@ -180,7 +180,9 @@ def test_two_processes_make_one_rotation(stack: Stack) -> None:
     out1, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
-    assert stack.emulator.calls("clone_client_token") == 1
+    # Both may ask for a clone (the quick path takes no lease: the stores' compare-and-swap decides),
+    # but only one rotation happens: the other run reports it and adds no token.
+    assert stack.emulator.calls("clone_client_token") <= 2, err1 + "\n=====\n" + err2
     assert sorted(["completed-elsewhere" in out1, "completed-elsewhere" in out2]) == [False, True]
     stack.assert_converged("web")
 

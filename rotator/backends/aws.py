@@ -47,10 +47,12 @@ import botocore.exceptions
 from rotator.backends.base import (
     Backend,
     CheckResult,
+    CurrentVersion,
     Destination,
     DestinationState,
     JournalRecord,
     Payload,
+    QuickDestination,
     Slot,
 )
 from rotator.config import BackendSettings
@@ -251,7 +253,7 @@ def request_token(*parts: str) -> str:
 # --- destination --------------------------------------------------------------------------------
 
 
-class AwsDestination(Destination):
+class AwsDestination(Destination, QuickDestination):
     def __init__(self, backend: AwsSecretsManagerBackend, *, secret_id: str, kms_key_id: str | None,
                  target: str) -> None:
         self._backend = backend
@@ -341,12 +343,29 @@ class AwsDestination(Destination):
         described = self._usable("read")
         if not described.exists:
             return DestinationState(exists=False)
+        if self._marked(described):
+            current, previous = self._fetch(stage=CURRENT), self._fetch(stage=PREVIOUS)
+            if current is not None and PENDING in current.stages and not _is_journal_text(current.text):
+                retiring = Slot(self._lenient_payload(previous.text), previous.version_id) if previous else Slot()
+                return DestinationState(current=Slot(self._payload(current.text), current.version_id),
+                                        retiring=retiring, exists=True)
+            described = self._usable("read")  # the labels moved meanwhile
         pending = Slot()
         if described.holder(PENDING) is not None:
             got = self._fetch(stage=PENDING)
             if got is not None:
                 pending = Slot(self._payload(got.text), got.version_id)
         return DestinationState(current=self._current_slot(described), pending=pending, exists=True)
+
+    def _marked(self, described: _Described) -> bool:
+        """AWSPENDING left on the AWSCURRENT version after a promotion (AWSPREVIOUS elsewhere):
+        rotator.quick's mark that the previous token is not retired yet. (A secret whose only
+        version was written as pending has the same two labels but no AWSPREVIOUS.)"""
+        holder = described.holder(CURRENT)
+        previous = described.holder(PREVIOUS)
+        return (holder is not None and PENDING in described.stages[holder]
+                and self.journal_stage not in described.stages[holder]
+                and previous is not None and previous != holder)
 
     def write_pending(self, payload: Payload, state: DestinationState) -> DestinationState:
         operation = "write_pending"
@@ -430,6 +449,11 @@ class AwsDestination(Destination):
             raise BackendConflictError("no pending version holds the new token", destination=self.label,
                                        operation=operation, hint="another writer changed AWSPENDING; the next "
                                                                  "run writes the value again")
+        if current is not None and state.current.version is not None and current.version_id != state.current.version:
+            # Another writer promoted its own value since the caller read: moving AWSCURRENT off
+            # it would orphan that writer's token, which nothing records (rotator.quick keeps no journal).
+            raise BackendConflictError("another value became current since it was read", destination=self.label,
+                                       operation=operation, hint="another rotation completed meanwhile")
         # AWSCURRENT first, AWSPENDING second: a crash in between leaves the value current (and
         # still pending, which a re-run clears), never unlabelled and so invisible.
         self._move_label(CURRENT, to=pending.version_id, from_=current.version_id if current else None)
@@ -452,6 +476,46 @@ class AwsDestination(Destination):
         if holder is None or CURRENT in described.stages[holder]:
             return
         self._remove_label(PENDING, holder)
+
+    # -- the quick path (rotator.quick): four calls for the common rotation --
+
+    def read_current(self) -> CurrentVersion | None:
+        got = self._fetch(stage=CURRENT)
+        if got is None:
+            return None
+        payload = None if _is_journal_text(got.text) else self._lenient_payload(got.text)
+        return CurrentVersion(version_id=got.version_id, stages=got.stages, payload=payload)
+
+    def is_plain(self, current: CurrentVersion) -> bool:
+        return (current.payload is not None and PENDING not in current.stages
+                and self.journal_stage not in current.stages)
+
+    def put_pending(self, payload: Payload, *, replacing: str) -> str:
+        # The same request token as write_pending derives, so the two paths recognise each other's
+        # writes of the same token name over the same current version.
+        token = request_token(self.secret_id, "pending", replacing, payload.token_name or "none")
+        answer = self._call("put_secret_value", SecretString=payload.to_json(), ClientRequestToken=token,
+                            VersionStages=[PENDING])
+        assert answer is not None
+        stages = answer.get("VersionStages") or ()
+        if PENDING not in stages or CURRENT in stages:
+            raise BackendConflictError("the pending version was not stored as a new pending value",
+                                       destination=self.label, operation="put_pending",
+                                       hint="the secret changed meanwhile; the next run looks again")
+        return str(answer.get("VersionId") or token)
+
+    def promote_over(self, pending: str, *, replacing: str) -> bool:
+        moved = self._call("update_secret_version_stage", tolerate=frozenset({"InvalidParameterException"}),
+                           VersionStage=CURRENT, MoveToVersionId=pending, RemoveFromVersionId=replacing)
+        if moved is not None:
+            return True
+        # AWSCURRENT was not on `replacing` any more: another writer's promotion, or our own whose
+        # answer was lost and whose retry AWS refused.
+        now = self._fetch(stage=CURRENT)
+        return now is not None and now.version_id == pending
+
+    def retire_marker(self, version: str) -> None:
+        self._remove_label(PENDING, version)
 
     # -- journal --
 

@@ -123,6 +123,9 @@ class DestinationState:
     current: Slot = Slot()
     pending: Slot = Slot()
     exists: bool = True     # False: the secret itself does not exist yet
+    #: the value current was promoted over, when the store still marks its token as not yet
+    #: retired (rotator.quick died, or could not revoke, between promotion and revocation)
+    retiring: Slot = Slot()
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,44 @@ class Destination(ABC):
     def check(self, *, write: bool) -> list[CheckResult]:
         """Read-only preflight: can rotator read this secret, and (when `write`) may it write it?
         Never writes; where a store cannot answer "may I write" without writing, says so."""
+
+
+@dataclass(frozen=True)
+class CurrentVersion:
+    """A destination's current version, read in one call, with the labels it carries."""
+
+    version_id: str
+    stages: tuple[str, ...]
+    payload: Payload | None     # None: no token in it (a placeholder, or not rotator's format)
+
+
+class QuickDestination(ABC):
+    """A destination whose store makes the common rotation safe without the journal (rotator.quick):
+    a pending version is immutable and addressed by its id, and promotion is a compare-and-swap on
+    the version it replaces. AWS Secrets Manager is one."""
+
+    @abstractmethod
+    def read_current(self) -> CurrentVersion | None:
+        """The current version in one call; None if the secret or its current label is missing."""
+
+    @abstractmethod
+    def is_plain(self, current: CurrentVersion) -> bool:
+        """Only a current value: a token, no pending label on it, not a journal record."""
+
+    @abstractmethod
+    def put_pending(self, payload: Payload, *, replacing: str) -> str:
+        """Store `payload` as the pending version in one call; returns its version id."""
+
+    @abstractmethod
+    def promote_over(self, pending: str, *, replacing: str) -> bool:
+        """Make version `pending` current if `replacing` still is (else False: another writer got
+        there first). The pending label stays on it, marking the previous value as not yet retired,
+        until `retire_marker`."""
+
+    @abstractmethod
+    def retire_marker(self, version: str) -> None:
+        """Drop the pending label from `version` (no-op if it is not there): the previous token is
+        revoked or recorded in the journal, or the pending value was abandoned."""
 
 
 class Backend(ABC):

@@ -1,0 +1,223 @@
+"""The common rotation of a target kept in one AWS secret: four AWS calls, no lease, no journal.
+
+Most runs find a target in the plainest state: one current version, nothing pending, nothing left
+half-done. When its only destination is a store whose pending versions are immutable and addressed
+by id, and whose promotion is a compare-and-swap on the version replaced (AWS Secrets Manager:
+`rotator.backends.base.QuickDestination`), such a run needs neither the lease nor the write-ahead
+journal of rotation.py:
+
+    read AWSCURRENT -> clone -> put AWSPENDING -> authenticate -> move AWSCURRENT off the version read
+    -> revoke the previous token (grace 0) or record it in the journal -> drop AWSPENDING -> sweep
+
+How each invariant holds without the journal:
+- Persist first: the value is put as AWSPENDING right after the clone answers; if the put fails,
+  the clone is revoked at once.
+- Revoke last: only after promotion. Until the previous token is revoked (or recorded in the journal
+  with its grace period), AWSPENDING stays on the new current version: a mark the next run's full
+  read sees (`DestinationState.retiring`), so a run that dies there still gets the previous token
+  revoked.
+- One at a time: two runs may both clone and put, but AWSCURRENT moves only off the version both
+  read, so exactly one promotes; the other withdraws its pending version, revokes its clone and
+  reports completed-elsewhere. A run that took longer than `lock_ttl` since its put gives up before
+  promoting, because other runs then treat its pending value as abandoned.
+- Resume: this path runs only for a target that is due, and a run that dies before promoting leaves
+  it due, so the next run rotates it again. What the dead run left is cleaned up: a pending version
+  loses its label to the next put (or the journal path discards it), and its clone, stored nowhere,
+  is a generation newer than the current token, which the sweep after every quick rotation revokes.
+  A generation younger than `lock_ttl` may be another run's clone on its way to being stored, so the
+  sweep waits for it to age (a bounded wait) and reads the stores again before revoking it.
+
+Anything else (a pending value or a mark found, a missing secret or placeholder, several
+destinations, a forced run of a target that is not due, which must leave a write-ahead record
+before cloning because nothing would look at it again otherwise) takes the journal path.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from rotator.backends.base import CurrentVersion, DestinationState, QuickDestination, Slot
+from rotator.errors import (
+    BackendConflictError,
+    FunnelbackAuthError,
+    FunnelbackConflictError,
+    FunnelbackError,
+    FunnelbackNotFoundError,
+    FunnelbackProtocolError,
+    FunnelbackTransientError,
+    RotationError,
+    RotatorError,
+)
+from rotator.journal import Journal
+from rotator.lease import lease_is_live
+from rotator.naming import generation_time, next_generation
+
+if TYPE_CHECKING:
+    from rotator.rotation import Outcome, TargetRotation
+
+# Journal writes (grace > 0) that lose a compare-and-swap are retried this many times.
+JOURNAL_ATTEMPTS = 5
+
+
+class QuickRotation:
+    """The quick path for one run of one target; see the module docstring."""
+
+    def __init__(self, rotation: TargetRotation, destination: QuickDestination) -> None:
+        self.rotation = rotation
+        self.destination = destination
+        self.target = rotation.target
+
+    def run(self, *, force: bool, current: CurrentVersion | None = None) -> Outcome | None:
+        """Rotate the target if it is plain and due. None: not for this path (the caller takes the
+        journal path). `current` is the current version if the caller has just read it."""
+        from rotator.rotation import Snapshot, due_reason
+
+        if current is None:
+            current = self.destination.read_current()
+            if self.rotation.first_seen is None:
+                self.rotation.first_seen = {(current.payload.token_name or self.target.token_name)
+                                            if current is not None and current.payload else None}
+        if current is None or not self.destination.is_plain(current) or not self.target.verify:
+            # (without authentication, nothing would catch a token revoked under a run that holds no lease)
+            return None
+        snapshot = Snapshot(states=[DestinationState(current=Slot(current.payload, current.version_id))],
+                            journal=Journal())
+        reason = due_reason(snapshot, self.target, self.rotation.clock())
+        if reason is None:
+            return None
+        assert current.payload is not None
+        if self._unexplained_generations(current.payload.token_name or self.target.token_name):
+            self.rotation.suspect_orphans = True
+            return None
+        return self._rotate(current, reason="requested" if force else reason)
+
+    def _unexplained_generations(self, current_name: str) -> list[str]:
+        """Generations of this target newer than the current token: a rotation in flight in another
+        process, or what a run that died left (a clone never stored, a pending value). The journal
+        path deals with them (waiting for a young one, resuming a stored one, revoking an orphan)."""
+        floor = generation_time(self.target.token_name, current_name)
+        return [t.name for t in self.rotation.list_tokens()
+                if t.name != current_name and (born := generation_time(self.target.token_name, t.name)) is not None
+                and (floor is None or born > floor)]
+
+    # --- the steps -----------------------------------------------------------------------------
+
+    def _rotate(self, current: CurrentVersion, *, reason: str) -> Outcome | None:
+        from rotator.rotation import Outcome
+
+        rotation, target = self.rotation, self.target
+        assert current.payload is not None
+        source = current.payload.token_name or target.token_name
+        new_name = next_generation(target.token_name, rotation.clock(), [source])
+        with rotation.step("clone", source=source, new_token_name=new_name, reason=reason) as fields:
+            try:
+                new = rotation.funnelback.clone_client_token(target.client_id, source, new_name)
+            except (FunnelbackTransientError, FunnelbackProtocolError, FunnelbackConflictError) as exc:
+                # Unknown outcome, or the name taken (another run chose the same second). Revoking by
+                # name could hit another run's token: the journal path's sweep deals with it once it
+                # is old enough to be nobody's work in progress.
+                fields.update(outcome="unknown", error=exc.one_line())
+                rotation.suspect_orphans = True
+                return None
+            except FunnelbackNotFoundError:
+                fields.update(outcome="failed", error="the source token does not exist")
+                again = self.destination.read_current()
+                if again is not None and again.version_id != current.version_id:
+                    return None   # another run rotated (and revoked the source) meanwhile: the journal path tells
+                raise rotation.missing_source(source) from None
+            except FunnelbackError as exc:
+                raise RotationError(f"cloning {source} failed: {exc.one_line()}", target=target.name,
+                                    step="clone") from None
+        claimed_at = rotation.clock()
+        payload = rotation.payload_for(DestinationState(current=Slot(current.payload, current.version_id)),
+                                       new.value, new_name, claimed_at)
+        with rotation.step("persist", new_token_name=new_name):
+            try:
+                pending = self.destination.put_pending(payload, replacing=current.version_id)
+            except RotatorError as exc:
+                rotation.revoke(new_name, reason="abandoned")
+                raise RotationError(f"storing the new token failed: {exc.one_line()}",
+                                    target=target.name, step="persist") from None
+        with rotation.step("verify", new_token_name=new_name):
+            try:
+                if target.verify:
+                    rotation.funnelback.verify_token(new.value)
+            except FunnelbackError as exc:
+                self._abandon(pending, new_name)
+                if isinstance(exc, FunnelbackAuthError):
+                    raise RotationError("the new token does not authenticate against Funnelback",
+                                        target=target.name, step="verify",
+                                        hint="it was withdrawn and revoked") from None
+                raise RotationError(f"authenticating with the new token failed: {exc.one_line()}",
+                                    target=target.name, step="verify", hint="it was withdrawn and revoked; "
+                                                                             "the next run tries again") from None
+            if (rotation.clock() - claimed_at).total_seconds() >= target.lock_ttl:
+                # Other runs now take this pending value for abandoned: promoting it could serve a
+                # token they are revoking.
+                self._abandon(pending, new_name)
+                raise RotationError(f"storing and verifying the new token took longer than lock_ttl "
+                                    f"({int(target.lock_ttl)}s)", target=target.name, step="verify",
+                                    hint="it was withdrawn and revoked; the next run tries again")
+        with rotation.step("promote", new_token_name=new_name, previous=[source]) as fields:
+            won = self.destination.promote_over(pending, replacing=current.version_id)
+            if not won:
+                fields["outcome"] = "lost_race"
+        if not won:
+            # Another run promoted its own token over the version we read: ours was never served.
+            self._abandon(pending, new_name)
+            return Outcome(target.name, "completed-elsewhere")
+        outcome = Outcome(target.name, "rotated", new_token_name=new_name)
+        self._retire(pending, source, outcome, promoted_at=rotation.clock())
+        return outcome
+
+    def _retire(self, pending: str, previous: str, outcome: Outcome, *, promoted_at: datetime) -> None:
+        """Revoke the previous token now (grace 0) or record it in the journal for after the grace
+        period; then drop the mark. Whatever fails leaves the mark for the next run's journal path."""
+        rotation, grace = self.rotation, self.target.grace_period
+        not_before = promoted_at + timedelta(seconds=grace)
+        if grace <= 0:
+            if not rotation.revoke(previous, reason="grace period over"):
+                outcome.revocations_pending.append((previous, not_before))
+                return
+            outcome.revoked.append(previous)
+        elif not self._record_revocation(previous, not_before, outcome.new_token_name):
+            outcome.revocations_pending.append((previous, not_before))
+            return
+        else:
+            outcome.revocations_pending.append((previous, not_before))
+        try:
+            self.destination.retire_marker(pending)
+        except RotatorError as exc:
+            rotation.log.warning("retire_mark_failed", error=exc.one_line())
+
+    def _record_revocation(self, name: str, not_before: datetime, new_name: str | None) -> bool:
+        """The previous token and its grace period, in the journal (read, then compare-and-swap)."""
+        home = self.rotation.home
+        for _ in range(JOURNAL_ATTEMPTS):
+            try:
+                record = home.read_journal()
+                journal = Journal(record.data)
+                now = self.rotation.clock()
+                if lease_is_live(journal, now):
+                    return False   # the journal path holds the target: it converts the mark itself
+                journal.schedule_revocation(name, not_before)
+                journal.record_result("success", now, token_name=new_name)
+                home.write_journal(journal.data, record)
+                return True
+            except BackendConflictError:
+                continue
+            except RotatorError as exc:
+                self.rotation.log.warning("journal_update_failed", error=exc.one_line())
+                return False
+        return False
+
+    def _abandon(self, pending: str, new_name: str) -> None:
+        """Withdraw our pending version and revoke our clone; best effort (a stale pending value is
+        discarded by a later run, and a clone left live is a generation the sweep finds)."""
+        try:
+            self.destination.retire_marker(pending)
+        except RotatorError as exc:
+            self.rotation.log.warning("discard_pending_failed", error=exc.one_line())
+        self.rotation.revoke(new_name, reason="abandoned")
