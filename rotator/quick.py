@@ -6,35 +6,35 @@ by id, and whose promotion is a compare-and-swap on the version replaced (AWS Se
 `rotator.backends.base.QuickDestination`), such a run needs neither the lease nor the write-ahead
 journal of rotation.py:
 
-    read AWSCURRENT -> clone -> put AWSPENDING -> authenticate -> move AWSCURRENT off the version read
-    -> revoke the previous token (grace 0) or record it in the journal -> drop AWSPENDING -> sweep
+    read AWSCURRENT -> list tokens -> clone -> put AWSPENDING -> authenticate -> move AWSCURRENT off
+    the version read -> revoke the previous token (grace 0) or record it in the journal -> drop the mark
 
 How each invariant holds without the journal:
 - Persist first: the value is put as AWSPENDING right after the clone answers; if the put fails,
   the clone is revoked at once.
 - Revoke last: only after promotion. Until the previous token is revoked (or recorded in the journal
   with its grace period), AWSPENDING stays on the new current version: a mark the next run's full
-  read sees (`DestinationState.retiring`), so a run that dies there still gets the previous token
-  revoked.
+  read sees (`DestinationState.retiring`), so a run that dies there still gets it revoked.
 - One at a time: two runs may both clone and put, but AWSCURRENT moves only off the version both
   read, so exactly one promotes; the other withdraws its pending version, revokes its clone and
-  reports completed-elsewhere. A run that took longer than `lock_ttl` since its put gives up before
-  promoting, because other runs then treat its pending value as abandoned.
-- Resume: this path runs only for a target that is due, and a run that dies before promoting leaves
-  it due, so the next run rotates it again. What the dead run left is cleaned up: a pending version
-  loses its label to the next put (or the journal path discards it), and its clone, stored nowhere,
-  is a generation newer than the current token, which the sweep after every quick rotation revokes.
-  A generation younger than `lock_ttl` may be another run's clone on its way to being stored, so the
-  sweep waits for it to age (a bounded wait) and reads the stores again before revoking it.
+  reports completed-elsewhere. A run that took `lock_ttl` or longer since its put gives up before
+  promoting, because other runs then take its pending value for abandoned. Authentication before
+  promotion is required (`verify`), so a token revoked under a run is never promoted.
+- Resume: the quick path runs only for a target that is due, and a run that dies before promoting
+  leaves it due, so the next run looks again. Its token list shows any generation newer than the
+  current token that a dead (or concurrent) run left; then it gives way to the journal path, which
+  waits until such a generation is `lock_ttl` old (nobody's work in progress any more), resumes it if
+  it is stored as pending, and revokes it otherwise. A clone whose answer is unknown or whose name is
+  taken is never revoked by name here (the name may be another run's, chosen in the same second):
+  the run gives way to the journal path the same way.
 
 Anything else (a pending value or a mark found, a missing secret or placeholder, several
-destinations, a forced run of a target that is not due, which must leave a write-ahead record
-before cloning because nothing would look at it again otherwise) takes the journal path.
+destinations, `verify = false`, a forced run of a target that is not due, which must leave a
+write-ahead record before cloning because nothing would look at it again) takes the journal path.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -142,8 +142,7 @@ class QuickRotation:
                                     target=target.name, step="persist") from None
         with rotation.step("verify", new_token_name=new_name):
             try:
-                if target.verify:
-                    rotation.funnelback.verify_token(new.value)
+                rotation.funnelback.verify_token(new.value)
             except FunnelbackError as exc:
                 self._abandon(pending, new_name)
                 if isinstance(exc, FunnelbackAuthError):

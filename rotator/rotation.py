@@ -257,7 +257,9 @@ class TargetRotation:
             return force and done is not None and done >= started
 
         owner = new_owner_id()
-        intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) else None
+        # (With quick rotations possible, the journal's version no longer proves that nothing
+        # changed since `snapshot`: the state is read again under the lease before deciding.)
+        intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) and self._quick() is None else None
 
         def prepare(record: JournalRecord, journal: Journal, owner: str) -> None:
             # The common case costs one journal write: lease and write-ahead intent together, valid
@@ -436,12 +438,18 @@ class TargetRotation:
                                             target=self.target.name, step="clone") from None
                 except (FunnelbackTransientError, FunnelbackProtocolError) as exc:
                     fields.update(outcome="unknown", error=exc.one_line())
-                    cleaned = self._abandon_new_token(lease, new_name, stored=False)
+                    if self._quick() is not None:
+                        # A quick run (no lease) may have cloned the same name in the same second:
+                        # revoking it by name now could hit that run's token. Leave it to the sweep.
+                        self.suspect_orphans = True
+                        cleaned = True
+                    else:
+                        cleaned = self._abandon_new_token(lease, new_name, stored=False)
                     if not cleaned or attempt == CLONE_ATTEMPTS:
                         raise RotationError(f"cloning {source} failed: {exc.one_line()}",
                                             target=self.target.name, step="clone") from None
                 except FunnelbackNotFoundError:
-                    self._abandon_new_token(lease, new_name, stored=False)
+                    self._abandon_new_token(lease, new_name, stored=False, revoke=False)
                     raise self.missing_source(source) from None
                 except FunnelbackError as exc:
                     self._abandon_new_token(lease, new_name, stored=False)
@@ -540,7 +548,7 @@ class TargetRotation:
         self.log.info("rotation_promoted", new_token_name=new_name,
                       revoke_after=iso(not_before) if previous else None)
 
-    def _abandon_new_token(self, lease: Lease, new_name: str, *, stored: bool) -> bool:
+    def _abandon_new_token(self, lease: Lease, new_name: str, *, stored: bool, revoke: bool = True) -> bool:
         """Undo a rotation that cannot complete: withdraw the pending value, revoke the new token.
 
         Best effort throughout; whatever fails here is found again by the next run through the
@@ -557,7 +565,7 @@ class TargetRotation:
             except RotatorError as exc:
                 clean = False
                 self.log.warning("discard_pending_failed", destination=destination.label, error=exc.one_line())
-        if not self.revoke(new_name, reason="abandoned"):
+        if revoke and not self.revoke(new_name, reason="abandoned"):
             clean = False
         if clean:
             try:
@@ -596,18 +604,30 @@ class TargetRotation:
         """A pending value that no journal entry explains, stored less than lock_ttl ago, is most
         likely a quick rotation (rotator.quick) in flight in another process, which holds no lease:
         give it until it is lock_ttl old (that run gives up by then) before taking it for abandoned."""
+        if self._quick() is None:
+            return snapshot     # no quick rotation can touch this target
         ttl = timedelta(seconds=self.target.lock_ttl)
         deadline = time.monotonic() + self.target.lock_ttl + 1.0
         while True:
             now = self.clock()
             stored = [p.rotated_at for s in snapshot.states if (p := s.pending.payload) and p.rotated_at]
             youngest = max((t for t in stored if now - t < ttl), default=None)
-            if youngest is None or time.monotonic() >= deadline:
+            if youngest is None:
                 return snapshot
             self.log.info("waiting_for_pending_value", until=iso(youngest + ttl))
-            self.sleep(max(0.1, min(1.0, (youngest + ttl - now).total_seconds())))
+            if not self._pause(min(1.0, (youngest + ttl - now).total_seconds()), deadline):
+                return snapshot
             lease.ensure_held()
             snapshot = self._snapshot_under(lease)
+
+    def _pause(self, seconds: float, deadline: float) -> bool:
+        """Sleep while waiting on another process. False when the wait is over: the deadline (a
+        monotonic time) has passed, or the clock did not move (a test's frozen clock)."""
+        if time.monotonic() >= deadline:
+            return False
+        before = self.clock()
+        self.sleep(max(0.1, min(seconds, deadline - time.monotonic())))
+        return self.clock() > before
 
     def _discard_stale_pending(self, lease: Lease, snapshot: Snapshot) -> bool:
         """Pending values no rotation owns any more (a cleanup that crashed half-way). Returns
@@ -635,6 +655,7 @@ class TargetRotation:
         its way to being stored, or what such a run left when it died just now: wait for it to age
         (at most lock_ttl; that run gives up by then), then read the stores and the tokens again."""
         deadline = time.monotonic() + self.target.lock_ttl + 2.0
+        quick_possible = self._quick() is not None
         revoked: set[str] = set()
         clean = True
         while True:
@@ -645,7 +666,7 @@ class TargetRotation:
                 born = generation_time(self.target.token_name, token.name)
                 if born is None or token.name in keep or token.name in revoked:
                     continue
-                if born > young_after:
+                if quick_possible and born > young_after:
                     young.append(born)
                     continue
                 lease.ensure_held()
@@ -653,12 +674,13 @@ class TargetRotation:
                     revoked.add(token.name)
                 else:
                     clean = False
-            if not young or time.monotonic() >= deadline:
-                clean = clean and not young
+            if not young:
                 break
             wait = (max(young) - young_after).total_seconds() + 0.5
             self.log.info("waiting_for_young_tokens", count=len(young), seconds=round(wait, 1))
-            self.sleep(max(0.2, min(wait, deadline - time.monotonic())))
+            if not self._pause(wait, deadline):
+                clean = False
+                break
             lease.ensure_held()
             snapshot, tokens = self._snapshot_under(lease), self.list_tokens()
         if clean:

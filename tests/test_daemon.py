@@ -203,6 +203,9 @@ def assert_no_orphans(stack: Stack, name: str = "web") -> None:
     """Live tokens are exactly the served one plus those the journal will revoke after their grace."""
     serving = current(stack, name)["token_name"]
     waiting = {r["name"] for r in stack.journal(name).get("pending_revocations", [])}
+    if stack.stage(name, "AWSPENDING") == current(stack, name):
+        # the quick path's mark: the previous token (AWSPREVIOUS) is not retired yet
+        waiting.add((stack.stage(name, "AWSPREVIOUS") or {}).get("token_name", name))
     assert live_generations(stack, name) == {serving} | waiting
     assert stack.emulator.token_value("acme", serving) == current(stack, name)["token"]
 
@@ -376,9 +379,11 @@ def test_two_daemons_on_one_target_never_double_rotate(stack: Stack, daemons) ->
     assert a.stop()[0] == 0 and b.stop()[0] == 0
     clones = stack.emulator.calls("clone_client_token")
     promoted = promoted_token_names(stack)
-    # every clone became exactly one promoted token, each promoted once
+    # each token promoted once; a clone that lost the race (both daemons found the target due: the
+    # quick path takes no lease, promotion's compare-and-swap decides) was never promoted, and
+    # assert_no_orphans below shows it was revoked
     generations = [n for n in promoted if is_generation("web", n)]
-    assert len(generations) == len(set(generations)) == clones, (clones, promoted)
+    assert len(generations) == len(set(generations)) <= clones, (clones, promoted)
     assert clones >= sum(rotated.values()) >= 4
     # never two rotations of one interval: generation names (UTC seconds) are >= ~2 s apart
     stamps = sorted(datetime.strptime(n.rsplit("-", 1)[1], "%Y%m%dT%H%M%SZ") for n in generations)
@@ -411,7 +416,8 @@ def test_second_signal_abandons_the_run_and_the_next_start_converges(stack: Stac
     targets = [{"name": "web", "interval": "1h", "grace": "0s", "lock_ttl": "3s"}]
     first = RunningDaemon(stack, targets, name="first")
     daemons.append(first)
-    # the clone's effect happens after the process is gone: an orphan only the journal can name
+    # the clone's effect happens after the process is gone: an orphan stored nowhere (the quick
+    # path keeps no journal; the next run's token list finds it as a generation nobody explains)
     stack.emulator.faults.add(kind="delay", method="POST", path="/clone$", delay_seconds=1.5)
     first.start()
     wait_for(lambda: stack.emulator.calls("clone_client_token") >= 1, 10, "the clone to be in flight")
@@ -421,18 +427,21 @@ def test_second_signal_abandons_the_run_and_the_next_start_converges(stack: Stac
     code, _ = first.stop()
     assert code == 0 and time.monotonic() - began < 2
     assert not first.events("run_finished")
-    assert stack.journal("web").get("in_progress"), "the abandoned rotation is recorded"
-    orphan = stack.journal("web")["in_progress"]["new_token_name"]
-    wait_for(lambda: orphan in stack.emulator.token_names("acme"), 5, "the lost clone to take effect")
+    orphans: list[str] = []
+    wait_for(lambda: bool(orphans.extend(n for n in stack.emulator.token_names("acme") if is_generation("web", n))
+                          or orphans), 5, "the lost clone to take effect")
+    orphan = orphans[0]
+    assert current(stack).get("token_name") != orphan
 
-    # restarted at once: the abandoned lease is still live, so the daemon waits for it to expire
+    # restarted at once: the orphan is younger than lock_ttl (it could be another run's clone on its
+    # way to the store), so the run waits for it to age before revoking it
     second = RunningDaemon(stack, targets, name="second")
     daemons.append(second)
     second.start()
     wait_for(lambda: not stack.journal("web").get("in_progress") and current(stack).get("token_name", "web")
              not in ("web", orphan) and orphan not in stack.emulator.token_names("acme")
-             and "web" not in stack.emulator.token_names("acme"), 10, "convergence")
-    assert second.events("lease_taken_over")
+             and "web" not in stack.emulator.token_names("acme"), 15, "convergence")
+    assert second.events("waiting_for_young_tokens")
     assert second.stop()[0] == 0
     stack.assert_converged("web")
 
