@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from rotator.backends.base import CheckResult, Destination, utcnow
 from rotator.config import Config, TargetSettings
 from rotator.errors import RotatorError
-from rotator.journal import iso
+from rotator.journal import iso, parse_iso
 from rotator.lease import lease_is_live
 from rotator.logs import get_logger
 from rotator.rotation import Outcome, TargetRotation, due_reason, next_due_at, pending_work
@@ -159,9 +159,19 @@ def target_status(runtime: Runtime, target: TargetSettings) -> dict[str, Any]:
                       "started_at": in_progress.get("started_at"),
                       "lease_live": lease_is_live(journal, now)} if in_progress else None),
         pending_revocations=journal.pending_revocations,
-        last_result=journal.last_result,
+        last_result=_last_result(journal.last_result, served[0], rotated_at),
     )
     return status
+
+
+def _last_result(recorded: dict[str, Any] | None, served: str | None,
+                 rotated_at: datetime | None) -> dict[str, Any] | None:
+    """The journal's last result, unless the stores show a later rotation: a quick rotation
+    (rotator.quick) writes no journal when it revokes at once, and its rotated_at says it all."""
+    recorded_at = parse_iso((recorded or {}).get("at"))
+    if rotated_at is not None and served and (recorded_at is None or rotated_at > recorded_at):
+        return {"outcome": "success", "at": iso(rotated_at), "token_name": served}
+    return recorded
 
 
 def preflight(runtime: Runtime) -> list[CheckResult]:

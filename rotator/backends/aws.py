@@ -491,9 +491,10 @@ class AwsDestination(Destination, QuickDestination):
                 and self.journal_stage not in current.stages)
 
     def put_pending(self, payload: Payload, *, replacing: str) -> str:
-        # The same request token as write_pending derives, so the two paths recognise each other's
-        # writes of the same token name over the same current version.
-        token = request_token(self.secret_id, "pending", replacing, payload.token_name or "none")
+        # A fresh request token: botocore's own retries of this call reuse it (so a retry after a lost
+        # answer is recognised), and no earlier version can hold it (a name reused after an abandoned
+        # attempt in the same second would collide with a derived one).
+        token = str(uuid.uuid4())
         answer = self._call("put_secret_value", SecretString=payload.to_json(), ClientRequestToken=token,
                             VersionStages=[PENDING])
         assert answer is not None
