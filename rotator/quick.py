@@ -98,9 +98,15 @@ class QuickRotation:
         process, or what a run that died left (a clone never stored, a pending value). The journal
         path deals with them (waiting for a young one, resuming a stored one, revoking an orphan)."""
         floor = generation_time(self.target.token_name, current_name)
-        return [t.name for t in self.rotation.list_tokens()
-                if t.name != current_name and (born := generation_time(self.target.token_name, t.name)) is not None
-                and (floor is None or born > floor)]
+        tokens = self.rotation.funnelback.list_client_tokens(self.target.client_id)
+        found = [t.name for t in tokens
+                 if t.name != current_name and (born := generation_time(self.target.token_name, t.name)) is not None
+                 and (floor is None or born > floor)]
+        if found:
+            self.rotation.log.info("unexplained_tokens", token_names=sorted(found),
+                                   hint="another run is rotating this target, or one died; the journal path "
+                                        "finishes or cleans up")
+        return found
 
     # --- the steps -----------------------------------------------------------------------------
 

@@ -20,12 +20,16 @@ class _Registry:
 
     Scrubbing looks up every window of each registered length in a set, so its cost grows with the
     text's length and the number of distinct value lengths, never with the number of secrets alive
-    (a rotation of thousands of targets would otherwise pay for every value on every log line)."""
+    (a rotation of thousands of targets would otherwise pay for every value on every log line).
+    Scrubbing is far more frequent than registering (every string of every log line), so it reads an
+    immutable snapshot of the buckets without the lock; registering and forgetting rebuild it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._by_length: dict[int, set[str]] = {}
+        #: (shortest length registered, ((length, values), ...) longest first)
+        self._snapshot: tuple[int, tuple[tuple[int, frozenset[str]], ...]] = (0, ())
         # Values of collected Secrets, removed at the next add/scrub. Finalizers run inside garbage
         # collection, which can start while this thread holds the lock: they must never take it.
         self._dead: list[str] = []
@@ -37,11 +41,15 @@ class _Registry:
         with self._lock:
             self._reap()
             self._counts[value] = self._counts.get(value, 0) + 1
-            self._by_length.setdefault(len(value), set()).add(value)
+            bucket = self._by_length.setdefault(len(value), set())
+            if value not in bucket:
+                bucket.add(value)
+                self._rebuild()
         weakref.finalize(secret, self._dead.append, value)
 
     def _reap(self) -> None:
         """Forget values of collected Secrets (lock held)."""
+        changed = False
         while self._dead:
             value = self._dead.pop()
             left = self._counts.get(value, 0) - 1
@@ -52,16 +60,29 @@ class _Registry:
             bucket = self._by_length.get(len(value))
             if bucket is not None:
                 bucket.discard(value)
+                changed = True
                 if not bucket:
                     del self._by_length[len(value)]
+        if changed:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """A new snapshot for scrub (lock held)."""
+        buckets = sorted(((length, frozenset(values)) for length, values in self._by_length.items()),
+                         key=lambda item: -item[0])
+        self._snapshot = (min(self._by_length, default=0), tuple(buckets))
 
     def scrub(self, text: str) -> str:
-        with self._lock:
-            self._reap()
-            buckets = [(length, frozenset(values)) for length, values in self._by_length.items()
-                       if length <= len(text)]
+        if self._dead:
+            with self._lock:
+                self._reap()
+        shortest, buckets = self._snapshot
+        if not buckets or len(text) < shortest:
+            return text
         # longest first, so a value containing a shorter one is replaced whole
-        for length, values in sorted(buckets, key=lambda item: -item[0]):
+        for length, values in buckets:
+            if length > len(text):
+                continue
             found = {text[i:i + length] for i in range(len(text) - length + 1)} & values
             for value in found:
                 text = text.replace(value, _REDACTED)
