@@ -186,7 +186,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
             rss, hwm = rss_mb()
             rows.append({"rotations": done, "seconds": round(seconds, 1), "rss_mb": round(rss, 1),
                          "hwm_mb": round(hwm, 1), "gc_objects": len(gc.get_objects()),
-                         "secrets_registered": len(registry._values), "threads": threading.active_count()})
+                         "secrets_registered": len(registry), "threads": threading.active_count()})
             print(f"#   {store} loop: {done} rotations, {seconds:.0f} s, RSS {rss:.1f} MB, "
                   f"{rows[-1]['gc_objects']} objects, {rows[-1]['secrets_registered']} secrets registered",
                   file=sys.stderr, flush=True)

@@ -141,7 +141,7 @@ class QuickRotation:
                                        new.value, new_name, claimed_at)
         with rotation.step("persist", new_token_name=new_name):
             try:
-                pending = self.destination.put_pending(payload, replacing=current.version_id)
+                pending = self.destination.put_pending(payload)
             except RotatorError as exc:
                 rotation.revoke(new_name, reason="abandoned")
                 raise RotationError(f"storing the new token failed: {exc.one_line()}",

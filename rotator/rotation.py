@@ -206,27 +206,29 @@ class TargetRotation:
         begin = time.monotonic()
         outcome = Outcome(self.target.name, "not-due")
         try:
-            quick = self._quick()
-            # A forced run tries the quick path first: one read instead of the full one.
-            quick_outcome = quick.run(force=True) if quick is not None and force and not dry_run else None
-            if quick_outcome is not None:
-                outcome = quick_outcome
-                return outcome
+            quick = self._quick() if not dry_run else None
+            quick_outcome = None
+            if quick is not None and force:
+                # A forced run tries the quick path first: one read instead of the full one.
+                quick_outcome = quick.run(force=True)
+                if quick_outcome is not None:
+                    outcome = quick_outcome
+                    return outcome
+                quick = None    # it gave way: the journal path decides, whatever the full read shows
             snapshot = self.observe()
             now = self.clock()
             reason = "requested" if force else due_reason(snapshot, self.target, now)
             work = pending_work(snapshot, self.target, now)
             if dry_run:
                 outcome = self._plan(snapshot, reason, work)
-            elif force and not work and self.first_seen is not None and set(snapshot.served(self.target)) != self.first_seen:
+            elif force and not work and self._replaced_since_first_look(snapshot):
                 # The quick path gave way to another run's rotation, which has finished since.
                 outcome = Outcome(self.target.name, "completed-elsewhere")
-            elif reason and quick is not None and not work and self._quick_may_start(snapshot, now) and \
-                    (quick_outcome := quick.run(force=force, current=_current_version(snapshot))) is not None:
-                outcome = quick_outcome
             elif reason or work:
-                outcome = self._run_under_lease(force=force, started=started, snapshot=snapshot,
-                                                rotate=bool(reason))
+                if reason and not work and quick is not None and self._quick_may_start(snapshot, now):
+                    quick_outcome = quick.run(force=force, current=_current_version(snapshot))
+                outcome = quick_outcome or self._run_under_lease(force=force, started=started, snapshot=snapshot,
+                                                                 rotate=bool(reason))
             else:
                 outcome.plan.append(f"not due until {iso(next_due_at(snapshot, self.target, now=now) or now)}")
         except RotatorError as exc:
@@ -241,6 +243,9 @@ class TargetRotation:
         if len(self.destinations) == 1 and isinstance(self.home, QuickDestination):
             return QuickRotation(self, self.home)
         return None
+
+    def _replaced_since_first_look(self, snapshot: Snapshot) -> bool:
+        return self.first_seen is not None and set(snapshot.served(self.target)) != self.first_seen
 
     def _quick_may_start(self, snapshot: Snapshot, now: datetime) -> bool:
         """Nothing in the full read for the journal path to do first: no pending value or mark, no

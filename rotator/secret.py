@@ -72,6 +72,12 @@ class _Registry:
                          key=lambda item: -item[0])
         self._snapshot = (min(self._by_length, default=0), tuple(buckets))
 
+    def __len__(self) -> int:
+        """Distinct values registered and not collected yet."""
+        with self._lock:
+            self._reap()
+            return len(self._counts)
+
     def scrub(self, text: str) -> str:
         if self._dead:
             with self._lock:

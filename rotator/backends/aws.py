@@ -26,6 +26,14 @@ versions past its quota (LimitExceededException). Intervals of hours or days are
 rotating one secret every few minutes all day is not (AWS itself recommends at most one
 PutSecretValue per 10 minutes per secret, sustained).
 
+**The quick path** (rotator.quick, for a target whose only destination is this secret) uses four
+calls and no journal: `get_secret_value(AWSCURRENT)`, `put_secret_value(AWSPENDING)`, then
+`update_secret_version_stage` moving AWSCURRENT off the version read (a compare-and-swap: AWS refuses
+the move if another writer moved it first) and one dropping AWSPENDING once the previous token is
+retired. Until then AWSPENDING stays on the new current version as a mark (`read()` reports the value
+it replaced as `retiring`), so a run that dies between promotion and revocation is finished by the
+next one.
+
 Concurrency: one boto3 client per backend, shared by all its destinations and threads (boto3
 clients are thread-safe; sessions are not, so the session is made once here).
 """
@@ -490,7 +498,7 @@ class AwsDestination(Destination, QuickDestination):
         return (current.payload is not None and PENDING not in current.stages
                 and self.journal_stage not in current.stages)
 
-    def put_pending(self, payload: Payload, *, replacing: str) -> str:
+    def put_pending(self, payload: Payload) -> str:
         # A fresh request token: botocore's own retries of this call reuse it (so a retry after a lost
         # answer is recognised), and no earlier version can hold it (a name reused after an abandoned
         # attempt in the same second would collide with a derived one).

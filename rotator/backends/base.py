@@ -212,7 +212,7 @@ class QuickDestination(ABC):
         """Only a current value: a token, no pending label on it, not a journal record."""
 
     @abstractmethod
-    def put_pending(self, payload: Payload, *, replacing: str) -> str:
+    def put_pending(self, payload: Payload) -> str:
         """Store `payload` as the pending version in one call; returns its version id."""
 
     @abstractmethod
