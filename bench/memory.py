@@ -178,7 +178,7 @@ def rotation_loop(args: argparse.Namespace, workdir: Path, store: str, rotations
         round_no = 0
 
         def clock() -> datetime:
-            return clock_base + timedelta(hours=round_no, seconds=time.monotonic() - loop_started)
+            return clock_base + timedelta(hours=round_no * args.round_hours, seconds=time.monotonic() - loop_started)
 
         runtime: Any = memory_runtime(config, targets, clock) if store == "memory" else Runtime(config, clock=clock)
 
@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-rotations", type=int, default=10000,
                         help="rotations into the in-memory destination (default 10000)")
     parser.add_argument("--loop-targets", type=int, default=20)
+    parser.add_argument("--round-hours", type=float, default=31 * 24,
+                        help="the fake clock's step per round: 744 (31 days, the default) makes every "
+                             "target due each round, so AWS targets take the quick path; 1 makes each "
+                             "round a forced rotation of targets not due (the journal path)")
     parser.add_argument("--sample-every", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -285,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         # each loop in a fresh interpreter of its own: its RSS is rotator's, not an earlier part's
         done = subprocess.run([sys.executable, __file__, "--loop", store, "--rotations", str(count),
                                "--loop-targets", str(args.loop_targets), "--sample-every", str(args.sample_every),
-                               "--concurrency", str(args.concurrency), "--workdir", str(workdir)],
+                               "--concurrency", str(args.concurrency), "--round-hours", str(args.round_hours),
+                               "--workdir", str(workdir)],
                               stdout=subprocess.PIPE, text=True, check=False)
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
