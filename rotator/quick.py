@@ -77,8 +77,8 @@ class QuickRotation:
         if current is None:
             current = self.destination.read_current()
             if self.rotation.first_seen is None:
-                self.rotation.first_seen = {(current.payload.token_name or self.target.token_name)
-                                            if current is not None and current.payload else None}
+                served = current.payload if current is not None else None
+                self.rotation.first_seen = {(served.token_name or self.target.token_name) if served else None}
         if current is None or not self.destination.is_plain(current) or not self.target.verify:
             # (without authentication, nothing would catch a token revoked under a run that holds no lease)
             return None
@@ -183,15 +183,15 @@ class QuickRotation:
         rotation, grace = self.rotation, self.target.grace_period
         not_before = promoted_at + timedelta(seconds=grace)
         if grace <= 0:
-            if not rotation.revoke(previous, reason="grace period over"):
-                outcome.revocations_pending.append((previous, not_before))
-                return
-            outcome.revoked.append(previous)
-        elif not self._record_revocation(previous, not_before, outcome.new_token_name):
-            outcome.revocations_pending.append((previous, not_before))
-            return
+            retired = rotation.revoke(previous, reason="grace period over")
+            if retired:
+                outcome.revoked.append(previous)
         else:
+            retired = self._record_revocation(previous, not_before, outcome.new_token_name)
+        if grace > 0 or not retired:
             outcome.revocations_pending.append((previous, not_before))
+        if not retired:
+            return
         try:
             self.destination.retire_marker(pending)
         except RotatorError as exc:
