@@ -71,14 +71,15 @@ class QuickRotation:
 
     def run(self, *, force: bool, current: CurrentVersion | None = None) -> Outcome | None:
         """Rotate the target if it is plain and due. None: not for this path (the caller takes the
-        journal path). `current` is the current version if the caller has just read it."""
+        journal path). `current` is the current version if the caller has just read it (alone, in
+        the full read, or in a batch)."""
         from rotator.rotation import Snapshot, due_reason
 
         if current is None:
             current = self.destination.read_current()
-            if self.rotation.first_seen is None:
-                served = current.payload if current is not None else None
-                self.rotation.first_seen = {(served.token_name or self.target.token_name) if served else None}
+        if self.rotation.first_seen is None:
+            served = current.payload if current is not None else None
+            self.rotation.first_seen = {(served.token_name or self.target.token_name) if served else None}
         if current is None or not self.destination.is_plain(current) or not self.target.verify:
             # (without authentication, nothing would catch a token revoked under a run that holds no lease)
             return None

@@ -200,8 +200,9 @@ class TargetRotation:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def run(self, *, force: bool, dry_run: bool = False) -> Outcome:
-        """`force`: rotate now (manual); else only what is due (CronJob, daemon)."""
+    def run(self, *, force: bool, dry_run: bool = False, current: CurrentVersion | None = None) -> Outcome:
+        """`force`: rotate now (manual); else only what is due (CronJob, daemon). `current`: the
+        first destination's current version, just read in a batch (rotator.prefetch)."""
         started = self.clock()
         begin = time.monotonic()
         outcome = Outcome(self.target.name, "not-due")
@@ -210,7 +211,7 @@ class TargetRotation:
             quick_outcome = None
             if quick is not None and force:
                 # A forced run tries the quick path first: one read instead of the full one.
-                quick_outcome = quick.run(force=True)
+                quick_outcome = quick.run(force=True, current=current)
                 if quick_outcome is not None:
                     outcome = quick_outcome
                     return outcome

@@ -15,6 +15,7 @@ from rotator.errors import RotatorError
 from rotator.journal import iso, parse_iso
 from rotator.lease import lease_is_live
 from rotator.logs import get_logger
+from rotator.prefetch import CurrentVersions
 from rotator.rotation import Outcome, TargetRotation, due_reason, next_due_at, pending_work
 
 log = get_logger("rotator.runtime")
@@ -69,10 +70,13 @@ class Runtime:
         self.close()
 
 
-def run_target(runtime: Runtime, target: TargetSettings, *, force: bool, dry_run: bool) -> Outcome:
-    """One target, never raising: every failure becomes a failed Outcome (failure isolation)."""
+def run_target(runtime: Runtime, target: TargetSettings, *, force: bool, dry_run: bool,
+               current: CurrentVersions | None = None) -> Outcome:
+    """One target, never raising: every failure becomes a failed Outcome (failure isolation).
+    `current`: batch-read current versions to start a forced run from."""
     try:
-        return runtime.rotation(target).run(force=force, dry_run=dry_run)
+        return runtime.rotation(target).run(force=force, dry_run=dry_run,
+                                            current=current.current(target) if current else None)
     except RotatorError as exc:
         log.error("rotation_failed", target=target.name, error=exc.one_line())
         return Outcome(target.name, "failed", ok=False, error=exc.one_line())
@@ -113,8 +117,11 @@ def rotate_targets(runtime: Runtime, targets: Sequence[TargetSettings], *, force
 
 def _run_all(runtime: Runtime, targets: Sequence[TargetSettings], *, force: bool, dry_run: bool,
              concurrency: int, on_outcome: Callable[[Outcome], None] | None) -> list[Outcome]:
+    # A forced run over many targets reads their current versions in batches (rotator.prefetch).
+    current = CurrentVersions(runtime, targets) if force and not dry_run and len(targets) > 1 else None
+
     def one(target: TargetSettings) -> Outcome:
-        outcome = run_target(runtime, target, force=force, dry_run=dry_run)
+        outcome = run_target(runtime, target, force=force, dry_run=dry_run, current=current)
         if on_outcome is not None:
             on_outcome(outcome)
         return outcome

@@ -709,8 +709,10 @@ def test_readme_iam_policy_is_least_privilege_json_for_the_configured_secrets():
     assert used == {a for a in actions if a.startswith("secretsmanager:")}, used
     assert not any(a.endswith("*") for a in actions)
     for statement in statements:
-        assert statement["Effect"] == "Allow" and statement["Resource"] != "*"
-    resources = {s["Resource"] for s in statements if any("secretsmanager" in a for a in
+        # BatchGetSecretValue has no resource-level permission; it grants nothing without GetSecretValue
+        assert statement["Effect"] == "Allow" and (statement["Resource"] != "*"
+                                                   or statement["Action"] == "secretsmanager:BatchGetSecretValue")
+    resources = {s["Resource"] for s in statements if s["Resource"] != "*" and any("secretsmanager" in a for a in
                  ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))}
     prefixes = {r.split(":secret:", 1)[1].rstrip("*") for r in resources}
     config = rotation_toml()

@@ -143,3 +143,45 @@ def test_two_quick_runs_at_once_make_one_rotation(stack: Stack) -> None:
     assert all(o.ok for o in outcomes), outcomes
     assert sorted(o.result for o in outcomes) == ["completed-elsewhere", "rotated"], outcomes
     stack.assert_converged("web")
+
+
+def many_targets(stack: Stack, count: int) -> Runtime:
+    names = [f"t{i:02d}" for i in range(count)]
+    for name in names:
+        stack.emulator.add_token("acme", name)
+        stack.put_secret(name, {"token": stack.emulator.token_value("acme", name)})
+    return Runtime(load_config(stack.write_config([{"name": n} for n in names], lock_ttl="2s")))
+
+
+def count_calls(runtime: Runtime) -> Counter[str]:
+    calls: Counter[str] = Counter()
+    runtime.backend("aws").client.meta.events.register("before-call.secrets-manager.*",
+                                                       lambda model, **_: calls.update([model.name]))
+    return calls
+
+
+def test_a_forced_batch_reads_current_versions_twenty_per_call(stack: Stack) -> None:
+    runtime = many_targets(stack, 25)
+    calls = count_calls(runtime)
+    outcomes = rotate_targets(runtime, runtime.config.targets, force=True, concurrency=4)
+    assert all(o.ok and o.result == "rotated" for o in outcomes), outcomes
+    assert calls == Counter(BatchGetSecretValue=2, PutSecretValue=25, UpdateSecretVersionStage=50), calls
+    for target in runtime.config.targets:
+        stack.assert_converged(target.name)
+
+
+def test_a_denied_batch_read_falls_back_to_one_read_per_target(stack: Stack) -> None:
+    runtime = many_targets(stack, 3)
+    calls = count_calls(runtime)
+
+    def denied(model: Any, **_: Any) -> Any:
+        if model.name == "BatchGetSecretValue":   # what AWS answers without the IAM permission
+            return (type("Http", (), {"status_code": 400, "headers": {}})(),
+                    {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+                     "ResponseMetadata": {"HTTPStatusCode": 400}})
+        return None
+
+    runtime.backend("aws").client.meta.events.register_first("before-call.secrets-manager.*", denied)
+    outcomes = rotate_targets(runtime, runtime.config.targets, force=True, concurrency=1)
+    assert all(o.ok and o.result == "rotated" for o in outcomes), outcomes
+    assert calls["GetSecretValue"] == 3 and calls["PutSecretValue"] == 3, calls

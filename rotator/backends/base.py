@@ -18,7 +18,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from rotator.errors import BackendDataError
 from rotator.secret import Secret
@@ -239,6 +239,11 @@ class Backend(ABC):
     @abstractmethod
     def check(self) -> list[CheckResult]:
         """Reachability and authentication of the store itself."""
+
+    def read_currents(self, destinations: Sequence[Destination]) -> dict[str, CurrentVersion]:
+        """Current versions of many of this backend's destinations in few calls, by label; a store
+        without such a call returns nothing and each rotation reads its own (the default)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
