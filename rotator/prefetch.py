@@ -61,7 +61,8 @@ class CurrentVersions:
         with chunk.lock:
             if chunk.read is None:
                 chunk.read = self._read(chunk)
-            return chunk.read.get(target.name)
+            # handed out once: a run over thousands of targets must not keep every value alive
+            return chunk.read.pop(target.name, None)
 
     def _read(self, chunk: _Chunk) -> dict[str, CurrentVersion | None]:
         if chunk.backend in self._failed:

@@ -1,4 +1,5 @@
-"""The common rotation of a target kept in one AWS secret: four AWS calls, no lease, no journal.
+"""The common rotation of a target kept in one AWS secret: four AWS calls, no lease, no journal
+(three in a batch run, whose first reads rotator.prefetch makes 20 at a time).
 
 Most runs find a target in the plainest state: one current version, nothing pending, nothing left
 half-done. When its only destination is a store whose pending versions are immutable and addressed
