@@ -239,11 +239,15 @@ class TargetRotation:
             outcome.duration = time.monotonic() - begin
         return outcome
 
+    @property
+    def _quick_possible(self) -> bool:
+        """Quick rotations (rotator.quick, no lease) can run on this target, here or elsewhere."""
+        return len(self.destinations) == 1 and isinstance(self.home, QuickDestination)
+
     def _quick(self) -> QuickRotation | None:
         """The journal-free path (rotator.quick), for a target whose one destination supports it."""
-        if len(self.destinations) == 1 and isinstance(self.home, QuickDestination):
-            return QuickRotation(self, self.home)
-        return None
+        home = self.home
+        return QuickRotation(self, home) if self._quick_possible and isinstance(home, QuickDestination) else None
 
     def _replaced_since_first_look(self, snapshot: Snapshot) -> bool:
         return self.first_seen is not None and set(snapshot.served(self.target)) != self.first_seen
@@ -265,7 +269,7 @@ class TargetRotation:
         owner = new_owner_id()
         # (With quick rotations possible, the journal's version no longer proves that nothing
         # changed since `snapshot`: the state is read again under the lease before deciding.)
-        intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) and self._quick() is None else None
+        intent = self._intent(snapshot) if rotate and self._is_quiet(snapshot) and not self._quick_possible else None
 
         def prepare(record: JournalRecord, journal: Journal, owner: str) -> None:
             # The common case costs one journal write: lease and write-ahead intent together, valid
@@ -444,7 +448,7 @@ class TargetRotation:
                                             target=self.target.name, step="clone") from None
                 except (FunnelbackTransientError, FunnelbackProtocolError) as exc:
                     fields.update(outcome="unknown", error=exc.one_line())
-                    if self._quick() is not None:
+                    if self._quick_possible:
                         # A quick run (no lease) may have cloned the same name in the same second:
                         # revoking it by name now could hit that run's token. Leave it to the sweep.
                         self.suspect_orphans = True
@@ -610,7 +614,7 @@ class TargetRotation:
         """A pending value that no journal entry explains, stored less than lock_ttl ago, is most
         likely a quick rotation (rotator.quick) in flight in another process, which holds no lease:
         give it until it is lock_ttl old (that run gives up by then) before taking it for abandoned."""
-        if self._quick() is None:
+        if not self._quick_possible:
             return snapshot     # no quick rotation can touch this target
         ttl = timedelta(seconds=self.target.lock_ttl)
         deadline = time.monotonic() + self.target.lock_ttl + 1.0
@@ -661,7 +665,7 @@ class TargetRotation:
         its way to being stored, or what such a run left when it died just now: wait for it to age
         (at most lock_ttl; that run gives up by then), then read the stores and the tokens again."""
         deadline = time.monotonic() + self.target.lock_ttl + 2.0
-        quick_possible = self._quick() is not None
+        quick_possible = self._quick_possible
         revoked: set[str] = set()
         clean = True
         while True:

@@ -30,11 +30,7 @@ def stack(emulator, moto_url, tmp_path, monkeypatch) -> Stack:
 
 def runtime_for(stack: Stack, **config: Any) -> tuple[Runtime, Counter[str]]:
     runtime = Runtime(load_config(stack.write_config([{"name": "web", **config}], lock_ttl="2s")))
-    calls: Counter[str] = Counter()
-    client = runtime.backend("aws").client
-    client.meta.events.register("before-call.secrets-manager.*",
-                                lambda model, **_: calls.update([model.name]))
-    return runtime, calls
+    return runtime, count_calls(runtime)
 
 
 def rotate(runtime: Runtime, *, force: bool = True) -> Any:
