@@ -343,7 +343,8 @@ class TargetRotation:
             if self._discard_stale_pending(lease, snapshot):
                 snapshot = self._snapshot_under(lease)  # the slots' versions changed
             if self._needs_sweep(snapshot, had_in_progress=bool(in_progress)):
-                self._sweep_orphans(lease, snapshot, self.list_tokens())
+                # (the sweep may have waited for another run and read the stores again)
+                snapshot = self._sweep_orphans(lease, snapshot, self.list_tokens())
             served = {n for n in snapshot.served(self.target) if n}
             if force and outcome.result != "resumed" and set(snapshot.served(self.target)) != served_before:
                 # A quick rotation (rotator.quick) in another process finished while we waited.
@@ -658,12 +659,13 @@ class TargetRotation:
                 self.revoke(pending.token_name, reason="stale pending value")
         return discarded
 
-    def _sweep_orphans(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> None:
+    def _sweep_orphans(self, lease: Lease, snapshot: Snapshot, tokens: list[TokenInfo]) -> Snapshot:
         """Revoke rotator-made tokens that no destination serves and no journal entry explains.
 
         One younger than lock_ttl may be a quick rotation's clone (rotator.quick takes no lease) on
         its way to being stored, or what such a run left when it died just now: wait for it to age
-        (at most lock_ttl; that run gives up by then), then read the stores and the tokens again."""
+        (at most lock_ttl; that run gives up by then), then read the stores and the tokens again.
+        Returns the state as last read: after a wait, the caller must not act on its older one."""
         deadline = time.monotonic() + self.target.lock_ttl + 2.0
         quick_possible = self._quick_possible
         revoked: set[str] = set()
@@ -695,6 +697,7 @@ class TargetRotation:
             snapshot, tokens = self._snapshot_under(lease), self.list_tokens()
         if clean:
             lease.stage(lambda j: j.record_sweep(self.clock()))
+        return snapshot
 
     def _explained(self, journal: Journal, snapshot: Snapshot) -> set[str]:
         """Token names that the stores or the journal account for."""
