@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program. Without `argv` it is the process (console script, `python -m rotator`), which
+    ends when this returns; with `argv` it is a call from a test or an embedder."""
+    from rotator import process
+
+    if argv is None:
+        process.begin_startup()
+    try:
+        return _main(argv)
+    finally:
+        process.startup_done()  # a command that failed before its start-up ended
+        process.before_exit()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from rotator import logs
     from rotator.errors import ConfigError, RotatorError
@@ -122,6 +136,7 @@ def _select(config: Any, args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from rotator import process
     from rotator.runtime import Runtime, rotate_targets
 
     if not (args.targets or args.all or args.due):
@@ -137,6 +152,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     targets = _select(config, args)
     concurrency = args.concurrency or config.service.concurrency
     with Runtime(config) as runtime:
+        runtime.prepare(targets)
+        process.startup_done()
         outcomes = rotate_targets(runtime, targets, force=not args.due, dry_run=args.dry_run,
                                   concurrency=concurrency, wait_for_grace=args.wait)
     if args.json:
@@ -173,9 +190,11 @@ def _outcome_line(outcome: Any) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rotator import process
     from rotator.runtime import Runtime, target_status
 
     config = _load(args)
+    process.startup_done()
     targets = _select(config, args)
     with Runtime(config) as runtime:
         rows = [target_status(runtime, t) for t in targets]
@@ -204,9 +223,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from rotator import process
     from rotator.runtime import Runtime, preflight
 
     config = _load(args)
+    process.startup_done()
     with Runtime(config) as runtime:
         results = preflight(runtime)
     print(f"ok   config {config.path}: {len(config.targets)} targets, {len(config.backends)} backends")
@@ -218,12 +239,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rotator import process
     from rotator.daemon import run_daemon
+
+    process.startup_done()  # a daemon collects as usual for the rest of its life
 
     return run_daemon(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rotator import process
     from rotator.demo import run_demo
+
+    process.startup_done()
 
     return run_demo(args)

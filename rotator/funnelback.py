@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import http.cookiejar
 import json
 import random
 import re
@@ -32,12 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeAlias
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import requests
 import structlog
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 
 from rotator.errors import (
     ConfigError,
@@ -53,6 +49,7 @@ from rotator.errors import (
 )
 from rotator.ratelimit import ConcurrencyLimit, TokenBucket
 from rotator.secret import Secret, scrub
+from rotator.transport import Failure, Transport
 
 if TYPE_CHECKING:
     from rotator.config import FunnelbackSettings
@@ -112,19 +109,9 @@ class Identity:
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    headers: Mapping[str, str]       # requests' case-insensitive dict
+    headers: Mapping[str, str]       # case-insensitive
     body: bytes
     sent_credential: Secret | None   # to refuse a server that echoes our own token as a "new" one
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A request that got no HTTP answer. Holds no exception object, so no request headers."""
-
-    reason: str
-    never_sent: bool   # provably never reached the server (refused, connect timeout): safe to retry
-    retryable: bool    # False for TLS/URL problems that retrying cannot fix
-    hint: str = ""
 
 
 class _Form:
@@ -140,62 +127,38 @@ class _Form:
         return f"_Form({sorted(self._fields)})"
 
 
-class _RejectAllCookies(http.cookiejar.DefaultCookiePolicy):
-    # A session cookie set at login would authenticate later calls by itself: verify_token must be
-    # judged on the token it presents alone, so the session keeps no cookies.
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-
 # --- Client -------------------------------------------------------------------------------------
 
 
 class FunnelbackClient:
     """Thread-safe client of one Funnelback admin API (one host)."""
 
-    def __init__(self, settings: FunnelbackSettings, *, session_factory: Any = None) -> None:
+    def __init__(self, settings: FunnelbackSettings, *, pool: Any = None) -> None:
+        """`pool`: a urllib3 PoolManager to send through instead of the one built from `settings`
+        (fault injection in tests)."""
         self._settings = settings
         self._api = settings.api
         self._base = settings.url.rstrip("/")
-        self._timeout = (float(settings.connect_timeout), float(settings.timeout))
         self._retries = max(0, int(settings.retries))
         self._backoff_base = float(settings.backoff_base)
         self._backoff_max = float(settings.backoff_max)
-        self._verify: bool | str = (settings.ca_cert or True) if settings.verify_tls else False
         self._limiter = (TokenBucket(settings.max_requests_per_second, burst=1.0)
                          if settings.max_requests_per_second else None)
         self._inflight = ConcurrencyLimit(max(1, int(settings.max_concurrency)))
-        self._session = self._make_session(session_factory)
+        self._transport = Transport(self._base, verify_tls=settings.verify_tls, ca_cert=settings.ca_cert,
+                                    pool_size=int(settings.max_concurrency),
+                                    connect_timeout=float(settings.connect_timeout),
+                                    read_timeout=float(settings.timeout), pool=pool)
         self._sleep = time.sleep
         # The rotator's own credential; the generation lets concurrent 401s trigger one refresh only.
         self._cred_lock = threading.Lock()
         self._cred: Secret | None = None
         self._cred_generation = 0
 
-    def _make_session(self, session_factory: Any) -> requests.Session:
-        session: requests.Session = session_factory() if session_factory else requests.Session()
-        pool = max(1, int(self._settings.max_concurrency))
-        # max_retries=0: retries are decided here, per call, knowing whether the call is idempotent.
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        session.cookies.set_policy(_RejectAllCookies())
-        # Proxy and CA-bundle settings come from the environment once, here, not on every request
-        # (requests re-reads the environment per call when trust_env is on: ~4% of a rotation's CPU).
-        environment = session.merge_environment_settings(self._base, {}, None, self._verify, None)
-        session.proxies.update(environment.get("proxies") or {})
-        if self._verify is True and isinstance(environment.get("verify"), str):
-            self._verify = environment["verify"]
-        session.trust_env = False
-        return session
-
     # --- lifecycle ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -355,7 +318,7 @@ class FunnelbackClient:
     # --- the chokepoint -------------------------------------------------------------------------
 
     def _request(self, method: str, path_template: str, *, path_args: Mapping[str, str] | None = None,
-                 params: Mapping[str, str] | None = None, json_body: Any = None,
+                 json_body: Any = None,
                  form: _Form | None = None, auth: Auth, idempotent: bool,
                  quiet: bool = False) -> _Answer:
         """Send one logical call, retrying what is safe to retry; return a 2xx answer or raise.
@@ -371,8 +334,8 @@ class FunnelbackClient:
             attempt += 1
             credential, generation = self._credential_for(auth)
             result = self._send_once(method, url, path_template, attempt, credential=credential,
-                                     params=params, json_body=json_body, form=form)
-            if isinstance(result, _Failure):
+                                     json_body=json_body, form=form)
+            if isinstance(result, Failure):
                 if result.retryable and (idempotent or result.never_sent) and failures < self._retries:
                     failures += 1
                     self._sleep(self._backoff(failures, None))
@@ -402,33 +365,30 @@ class FunnelbackClient:
         raise TypeError("auth must be a Secret, None or 'self'")
 
     def _send_once(self, method: str, url: str, path_template: str, attempt: int, *,
-                   credential: Secret | None, params: Mapping[str, str] | None, json_body: Any,
-                   form: _Form | None) -> _Answer | _Failure:
+                   credential: Secret | None, json_body: Any, form: _Form | None) -> _Answer | Failure:
         """One HTTP exchange under the rate limit and concurrency cap. Never raises for I/O."""
         headers = {"Accept": "application/json"}
+        body: bytes | None = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(json_body).encode()
+        elif form is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urlencode(form.reveal()).encode()
         if credential is not None:
             headers[TOKEN_HEADER] = credential.reveal()
         if self._limiter is not None:
             self._limiter.acquire()
         started = time.monotonic()
         with self._inflight:
-            try:
-                with self._session.request(
-                        method, url, params=params, json=json_body,
-                        data=form.reveal() if form is not None else None, headers=headers,
-                        timeout=self._timeout, verify=self._verify, stream=True,
-                        # A redirect would carry X-Security-Token to wherever it points.
-                        allow_redirects=False) as response:
-                    limit = _MAX_BODY if 200 <= response.status_code < 300 else _MAX_ERROR_BODY
-                    body = _read_capped(response, limit)
-                    answer = _Answer(response.status_code, response.headers, body, credential)
-            except requests.exceptions.RequestException as exc:
-                failure = _classify(exc, self._timeout)
-                del exc
-                _log_request(method, path_template, None, attempt, started, error=failure.reason)
-                return failure
-        _log_request(method, path_template, answer.status, attempt, started)
-        return answer
+            result = self._transport.send(method, url, headers=headers, body=body, limit=_MAX_BODY,
+                                          error_limit=_MAX_ERROR_BODY)
+        del headers, body
+        if isinstance(result, Failure):
+            _log_request(method, path_template, None, attempt, started, error=result.reason)
+            return result
+        _log_request(method, path_template, result.status, attempt, started)
+        return _Answer(result.status, result.headers, result.body, credential)
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -439,7 +399,7 @@ class FunnelbackClient:
 
     # --- error construction ---------------------------------------------------------------------
 
-    def _failure_error(self, method: str, path: str, failure: _Failure, idempotent: bool,
+    def _failure_error(self, method: str, path: str, failure: Failure, idempotent: bool,
                        attempts: int) -> FunnelbackError:
         if not failure.retryable:
             return FunnelbackError(failure.reason, method=method, path=path, hint=failure.hint)
@@ -517,51 +477,6 @@ def _expand(template: str, args: Mapping[str, str]) -> str:
         raise ConfigError(f"path {template!r} has a placeholder this call cannot fill",
                           key="funnelback.api", hint="only {client} and {name} are known")
     return path
-
-
-def _read_capped(response: requests.Response, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break  # the caller gets a truncated body: parse errors, not memory exhaustion
-    return b"".join(chunks)[: limit + 1]
-
-
-def _classify(exc: requests.exceptions.RequestException, timeout: tuple[float, float]) -> _Failure:
-    """Turn a requests exception into a _Failure, deciding whether the request could have been sent."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return _Failure("TLS handshake failed", never_sent=True, retryable=False,
-                        hint="check funnelback.verify_tls / funnelback.ca_cert")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
-        return _Failure("invalid URL", never_sent=True, retryable=False, hint="check funnelback.url")
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return _Failure(f"connect timeout after {timeout[0]:g}s", never_sent=True, retryable=True)
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return _Failure(f"no answer within {timeout[1]:g}s", never_sent=False, retryable=True)
-    if isinstance(exc, requests.exceptions.ConnectionError) and _caused_by_connect_failure(exc):
-        return _Failure("cannot connect (refused or unresolvable)", never_sent=True, retryable=True,
-                        hint="check funnelback.url and that the server is up")
-    return _Failure("connection lost before a complete answer", never_sent=False, retryable=True)
-
-
-def _caused_by_connect_failure(exc: BaseException) -> bool:
-    # requests wraps urllib3's NewConnectionError (refused, DNS) in MaxRetryError.reason inside args.
-    pending: list[object] = [exc]
-    seen: set[int] = set()
-    while pending:
-        item = pending.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError included
-            return True
-        pending.append(getattr(item, "reason", None))
-        pending.extend(item.args)
-    return False
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -3,6 +3,7 @@ batch runner that rotates many targets with each failure isolated."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,16 @@ class Runtime:
                 from rotator.backends import open_backend
                 self._backends[name] = open_backend(self.config.backends[name])
             return self._backends[name]
+
+    def prepare(self, targets: Sequence[TargetSettings]) -> None:
+        """Build now, before any worker starts, the clients these targets use: otherwise every first
+        worker waits on one client's construction, and start-up has no end to measure. A client
+        that cannot be built is left for the targets that need it to report, each on its own."""
+        with contextlib.suppress(Exception):
+            self.funnelback
+        for name in dict.fromkeys(d.backend for t in targets for d in t.destinations):
+            with contextlib.suppress(Exception):
+                self.backend(name)
 
     def destinations(self, target: TargetSettings) -> list[Destination]:
         return [self.backend(d.backend).destination(d.options, target=target.name) for d in target.destinations]

@@ -38,7 +38,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import requests
 import urllib3
 from conftest import ADMIN_TOKEN, SEED_NAME, make_target
 
@@ -203,24 +202,23 @@ class FaultyFunnelback:
         return call
 
 
-class RefusingSession(requests.Session):
-    """A requests session that refuses connections for matching calls, as a server that is down."""
+class RefusingPool(urllib3.PoolManager):
+    """A connection pool that refuses connections for matching calls, as a server that is down."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(maxsize=16)
         self.refuse: list[list[Any]] = []          # [method, path regex, times or None]
         self.refused = 0
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         for rule in self.refuse:
             if rule[0] == method and re.search(rule[1], url) and (rule[2] is None or rule[2] > 0):
                 if rule[2] is not None:
                     rule[2] -= 1
                 self.refused += 1
-                raise requests.exceptions.ConnectionError(
-                    urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: "
-                                                                "[Errno 111] Connection refused"))
-        return super().request(method, url, *args, **kwargs)
+                raise urllib3.exceptions.NewConnectionError(
+                    None, "Failed to establish a new connection: [Errno 111] Connection refused")  # type: ignore[arg-type]
+        return super().urlopen(method, url, *args, **kwargs)
 
 
 def seed_destinations(emulator: FunnelbackEmulator, *labels: str,
@@ -322,7 +320,7 @@ FB_FAULTS: dict[str, dict[str, Any] | None] = {
     **{str(s): {"kind": "status", "status": s} for s in (400, 401, 403, 404, 409, 429, 500, 503)},
     "timeout": {"kind": "hang"},
     "reset": {"kind": "reset"},
-    "refused": None,                                  # RefusingSession
+    "refused": None,                                  # RefusingPool
     "slow": {"kind": "delay", "delay_seconds": SLOW},
     "late": {"kind": "delay", "delay_seconds": LATE},
     "lost": {"kind": "lose_answer"},
@@ -446,7 +444,7 @@ CASES = build_cases()
 @dataclass
 class World:
     emulator: FunnelbackEmulator
-    session: RefusingSession
+    session: RefusingPool
     client: FunnelbackClient
     funnelback: FaultyFunnelback
     destinations: list[FaultyDestination]
@@ -467,8 +465,8 @@ class World:
 
 @pytest.fixture
 def world(emulator: FunnelbackEmulator) -> Iterator[World]:
-    session = RefusingSession()
-    client = FunnelbackClient(fb_settings(emulator.url), session_factory=lambda: session)
+    session = RefusingPool()
+    client = FunnelbackClient(fb_settings(emulator.url), pool=session)
     yield World(emulator=emulator, session=session, client=client, funnelback=FaultyFunnelback(client),
                 destinations=seed_destinations(emulator, "memory:a", "memory:b"), clock=Clock(),
                 target=make_target(lock_ttl=LOCK_TTL))

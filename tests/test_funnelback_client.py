@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import structlog
 import urllib3.exceptions
 
@@ -35,7 +34,6 @@ from rotator.funnelback import (
     FunnelbackOutcomeUnknownError,
     Identity,
     NewToken,
-    _classify,
     _parse_time,
     _retry_after,
     extract_token_value,
@@ -43,6 +41,7 @@ from rotator.funnelback import (
 )
 from rotator.ratelimit import TokenBucket
 from rotator.secret import REDACTED, Secret
+from rotator.transport import classify, proxy_for
 from rotator.testing.funnelback_emulator import FunnelbackEmulator
 
 pytestmark = pytest.mark.timeout(30)
@@ -453,7 +452,10 @@ def test_cookies_are_never_kept(client: FunnelbackClient, emu: FunnelbackEmulato
     emu.faults.add(kind="status", status=200, path="current-user$",
                    body='{"data": {"name": "admin"}}', headers={"Set-Cookie": "JSESSIONID=abc; Path=/"})
     client.whoami()
-    assert len(client._session.cookies) == 0
+    emu.faults.add(kind="status", status=200, path="current-user$", body='{"data": {"name": "admin"}}')
+    client.whoami()
+    client.verify_token(client.create_client_token(CLIENT, "cookie-check").value)
+    assert emu.requests_with_cookies == 0
 
 
 def test_server_restart_between_calls_is_survived(make_client: Any, emu: FunnelbackEmulator) -> None:
@@ -557,22 +559,41 @@ def test_timestamps() -> None:
 
 
 def test_failure_classification() -> None:
+    # With retries=False urllib3 raises the underlying error; what decides a retry of a create or
+    # clone is whether the request can have reached the server.
+    errors = urllib3.exceptions
     timeout = (1.0, 2.0)
-    refused = requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
-        None, "/x", urllib3.exceptions.NewConnectionError(None, "refused")))  # type: ignore[arg-type]
-    lost = requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError(
-        "Connection aborted.", ConnectionResetError()))
     cases = {
-        requests.exceptions.ConnectTimeout(): (True, True),
-        refused: (True, True),
-        requests.exceptions.ReadTimeout(): (False, True),
-        lost: (False, True),
-        requests.exceptions.ChunkedEncodingError(): (False, True),
-        requests.exceptions.SSLError(): (True, False),
+        errors.ConnectTimeoutError(): (True, True),
+        errors.NewConnectionError(None, "refused"): (True, True),  # type: ignore[arg-type]
+        errors.NameResolutionError("fb.invalid", None, socket.gaierror()): (True, True),  # type: ignore[arg-type]
+        errors.ProxyError("proxy refused", OSError()): (True, True),
+        errors.ReadTimeoutError(None, "/x", "read timed out"): (False, True),  # type: ignore[arg-type]
+        errors.ProtocolError("Connection aborted.", ConnectionResetError()): (False, True),
+        ConnectionResetError(): (False, True),
+        errors.SSLError(): (True, False),
+        errors.LocationParseError("fb:x"): (True, False),
     }
     for exc, (never_sent, retryable) in cases.items():
-        failure = _classify(exc, timeout)
+        failure = classify(exc, timeout)
         assert (failure.never_sent, failure.retryable) == (never_sent, retryable), exc
+
+
+def test_proxies_come_from_the_environment_once() -> None:
+    environ = {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "internal.example,.corp"}
+    assert proxy_for("https://fb.example/admin-api", environ) == "http://proxy:3128"
+    assert proxy_for("https://internal.example/admin-api", environ) is None
+    assert proxy_for("https://search.corp/admin-api", environ) is None
+    assert proxy_for("http://fb.example/admin-api", environ) is None      # no HTTP_PROXY
+    assert proxy_for("http://fb.example/", {"ALL_PROXY": "http://all:1"}) == "http://all:1"
+    assert proxy_for("https://fb.example/", {}) is None
+
+
+def test_a_header_value_with_a_line_break_fails_cleanly_without_echoing_it(client: FunnelbackClient) -> None:
+    # http.client refuses it with a ValueError that quotes the value; the client must not pass that on.
+    with pytest.raises(FunnelbackError) as caught:
+        client.verify_token(Secret("abc\r\nX-Injected: 1"))
+    assert "abc" not in str(caught.value) and "Injected" not in str(caught.value)
 
 
 def test_backoff_is_bounded_full_jitter(client: FunnelbackClient) -> None:

@@ -489,6 +489,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_api(self, path: str, body: bytes) -> None:
         emulator = self.server.emulator
+        if self.headers.get("Cookie") is not None:
+            with emulator._stats_lock:
+                emulator.requests_with_cookies += 1
         route, args, allowed = emulator._route(self.command, path[len(API_PREFIX):])
         key = f"{self.command} {route.template if route else '(unmatched)'}"
         with emulator._in_flight(key):
@@ -584,6 +587,7 @@ class FunnelbackEmulator:
                                      seed_tokens=seed_tokens, token_fields=token_fields)
         self.faults = FaultSet()
         self.delay_all_seconds = float(delay_all_seconds)
+        self.requests_with_cookies = 0    # a client must never send back a cookie it was given
         self._routes = _compile_routes(self.paths)
         self._host, self._port = host, port
         self._server: _Server | None = None
