@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import (
+    compile_rotator,
     emulator_process,
     make_targets,
     rotator_env,
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from moto_server import start_moto_server
 
+    compile_rotator()
     workdir = Path(tempfile.mkdtemp(prefix="rotator-startup-"))
     py = sys.executable
     env = rotator_env()

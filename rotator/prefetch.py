@@ -1,4 +1,6 @@
-"""Current versions read in batches for a forced run over many targets (`rotate --all`).
+"""Reads shared by the targets of a batch run (`rotate --all`, `rotate --due`).
+
+Current versions, for a forced run over many targets (`CurrentVersions`):
 
 A quick rotation (rotator.quick) starts by reading its target's current version: over thousands of
 AWS targets, one GetSecretValue each. A store that can read many at once (AWS BatchGetSecretValue:
@@ -6,13 +8,21 @@ AWS targets, one GetSecretValue each. A store that can read many at once (AWS Ba
 the chunk's first target, so no read is older than the moment it takes the pool to start those
 targets. A stale read costs nothing but a lost race: promotion is a compare-and-swap on the version
 read, and a rotation that loses it reports completed-elsewhere.
+
+Token lists (`TokenLists`): a quick rotation lists its client's tokens to find what a dead run left
+(rotator.quick). A provider's clients hold several tokens each, whose targets the pool starts
+together, so one list serves them all, for at most `TOKEN_LIST_MAX_AGE` seconds. What it is for is
+older than the run: a clone that a run which died before this one never stored. A run dying at the
+same moment is as invisible to a list taken a little earlier as to one taken a little later.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from rotator.backends.base import CurrentVersion
 from rotator.config import TargetSettings
@@ -20,11 +30,13 @@ from rotator.errors import RotatorError
 from rotator.logs import get_logger
 
 if TYPE_CHECKING:
+    from rotator.funnelback import TokenInfo
     from rotator.runtime import Runtime
 
 log = get_logger("rotator.prefetch")
 
 CHUNK = 20
+TOKEN_LIST_MAX_AGE = 5.0   # seconds a client's token list is shared for
 
 
 @dataclass
@@ -78,3 +90,40 @@ class CurrentVersions:
                             hint="each target reads its own current version instead")
             return {}
         return {name: found.get(destination.label) for name, destination in destinations.items()}
+
+
+@dataclass
+class _TokenList:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    tokens: list[TokenInfo] | None = None
+    read_at: float = 0.0
+    users_left: int = 0
+
+
+class TokenLists:
+    """`list_client_tokens` as FunnelbackClient has it, one call per client shared by the targets
+    of that client in this run (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, targets: Sequence[TargetSettings], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lists = {client: _TokenList(users_left=count)
+                       for client, count in Counter(t.client_id for t in targets).items()}
+
+    def list_client_tokens(self, client: str) -> list[TokenInfo]:
+        with self._lock:
+            entry = self._lists.get(client)
+        if entry is None:
+            return self._runtime.funnelback.list_client_tokens(client)
+        with entry.lock:
+            if entry.tokens is None or self._clock() - entry.read_at > TOKEN_LIST_MAX_AGE:
+                entry.tokens = self._runtime.funnelback.list_client_tokens(client)
+                entry.read_at = self._clock()
+            tokens = entry.tokens
+            entry.users_left -= 1
+        if entry.users_left <= 0:
+            with self._lock:   # its last target has it: a run over thousands of clients keeps none
+                self._lists.pop(client, None)
+        return tokens

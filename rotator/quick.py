@@ -37,7 +37,7 @@ write-ahead record before cloning because nothing would look at it again) takes 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from rotator.backends.base import CurrentVersion, DestinationState, QuickDestination, Slot
 from rotator.errors import (
@@ -56,7 +56,15 @@ from rotator.lease import lease_is_live
 from rotator.naming import generation_time, next_generation
 
 if TYPE_CHECKING:
+    from rotator.funnelback import TokenInfo
     from rotator.rotation import Outcome, TargetRotation
+
+
+class TokenLister(Protocol):
+    """Where the client's tokens are listed: FunnelbackClient, or a batch's shared lists."""
+
+    def list_client_tokens(self, client: str) -> list[TokenInfo]: ...
+
 
 # Journal writes (grace > 0) that lose a compare-and-swap are retried this many times.
 JOURNAL_ATTEMPTS = 5
@@ -70,10 +78,11 @@ class QuickRotation:
         self.destination = destination
         self.target = rotation.target
 
-    def run(self, *, force: bool, current: CurrentVersion | None = None) -> Outcome | None:
+    def run(self, *, force: bool, current: CurrentVersion | None = None,
+            tokens: TokenLister | None = None) -> Outcome | None:
         """Rotate the target if it is plain and due. None: not for this path (the caller takes the
         journal path). `current` is the current version if the caller has just read it (alone, in
-        the full read, or in a batch)."""
+        the full read, or in a batch); `tokens` lists the client's tokens (default: Funnelback)."""
         from rotator.rotation import Snapshot, due_reason
 
         if current is None:
@@ -90,18 +99,18 @@ class QuickRotation:
         if reason is None:
             return None
         assert current.payload is not None
-        if self._unexplained_generations(current.payload.token_name or self.target.token_name):
+        if self._unexplained_generations(current.payload.token_name or self.target.token_name,
+                                         tokens or self.rotation.funnelback):
             self.rotation.suspect_orphans = True
             return None
         return self._rotate(current, reason="requested" if force else reason)
 
-    def _unexplained_generations(self, current_name: str) -> list[str]:
+    def _unexplained_generations(self, current_name: str, tokens: TokenLister) -> list[str]:
         """Generations of this target newer than the current token: a rotation in flight in another
         process, or what a run that died left (a clone never stored, a pending value). The journal
         path deals with them (waiting for a young one, resuming a stored one, revoking an orphan)."""
         floor = generation_time(self.target.token_name, current_name)
-        tokens = self.rotation.funnelback.list_client_tokens(self.target.client_id)
-        found = [t.name for t in tokens
+        found = [t.name for t in tokens.list_client_tokens(self.target.client_id)
                  if t.name != current_name and (born := generation_time(self.target.token_name, t.name)) is not None
                  and (floor is None or born > floor)]
         if found:

@@ -44,7 +44,7 @@ from rotator.journal import Journal, iso, parse_iso
 from rotator.lease import Lease, acquire_lease, lease_is_live, new_owner_id
 from rotator.logs import get_logger
 from rotator.naming import generation_time, is_generation, next_generation
-from rotator.quick import QuickRotation
+from rotator.quick import QuickRotation, TokenLister
 from rotator.secret import Secret
 
 log = get_logger("rotator.rotation")
@@ -200,9 +200,11 @@ class TargetRotation:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def run(self, *, force: bool, dry_run: bool = False, current: CurrentVersion | None = None) -> Outcome:
+    def run(self, *, force: bool, dry_run: bool = False, current: CurrentVersion | None = None,
+            tokens: TokenLister | None = None) -> Outcome:
         """`force`: rotate now (manual); else only what is due (CronJob, daemon). `current`: the
-        first destination's current version, just read in a batch (rotator.prefetch)."""
+        first destination's current version, just read in a batch; `tokens`: where the quick path
+        lists the client's tokens, if not from Funnelback itself (both: rotator.prefetch)."""
         started = self.clock()
         begin = time.monotonic()
         outcome = Outcome(self.target.name, "not-due")
@@ -211,7 +213,7 @@ class TargetRotation:
             quick_outcome = None
             if quick is not None and force:
                 # A forced run tries the quick path first: one read instead of the full one.
-                quick_outcome = quick.run(force=True, current=current)
+                quick_outcome = quick.run(force=True, current=current, tokens=tokens)
                 if quick_outcome is not None:
                     outcome = quick_outcome
                     return outcome
@@ -227,7 +229,7 @@ class TargetRotation:
                 outcome = Outcome(self.target.name, "completed-elsewhere")
             elif reason or work:
                 if reason and not work and quick is not None and self._quick_may_start(snapshot, now):
-                    quick_outcome = quick.run(force=force, current=_current_version(snapshot))
+                    quick_outcome = quick.run(force=force, current=_current_version(snapshot), tokens=tokens)
                 outcome = quick_outcome or self._run_under_lease(force=force, started=started, snapshot=snapshot,
                                                                  rotate=bool(reason))
             else:

@@ -16,7 +16,7 @@ from rotator.errors import RotatorError
 from rotator.journal import iso, parse_iso
 from rotator.lease import lease_is_live
 from rotator.logs import get_logger
-from rotator.prefetch import CurrentVersions
+from rotator.prefetch import CurrentVersions, TokenLists
 from rotator.rotation import Outcome, TargetRotation, due_reason, next_due_at, pending_work
 
 log = get_logger("rotator.runtime")
@@ -82,12 +82,14 @@ class Runtime:
 
 
 def run_target(runtime: Runtime, target: TargetSettings, *, force: bool, dry_run: bool,
-               current: CurrentVersions | None = None) -> Outcome:
+               current: CurrentVersions | None = None, tokens: TokenLists | None = None) -> Outcome:
     """One target, never raising: every failure becomes a failed Outcome (failure isolation).
-    `current`: batch-read current versions to start a forced run from."""
+    `current`: batch-read current versions to start a forced run from; `tokens`: token lists
+    shared with the run's other targets (rotator.prefetch)."""
     try:
         return runtime.rotation(target).run(force=force, dry_run=dry_run,
-                                            current=current.current(target) if current else None)
+                                            current=current.current(target) if current else None,
+                                            tokens=tokens)
     except RotatorError as exc:
         log.error("rotation_failed", target=target.name, error=exc.one_line())
         return Outcome(target.name, "failed", ok=False, error=exc.one_line())
@@ -130,9 +132,10 @@ def _run_all(runtime: Runtime, targets: Sequence[TargetSettings], *, force: bool
              concurrency: int, on_outcome: Callable[[Outcome], None] | None) -> list[Outcome]:
     # A forced run over many targets reads their current versions in batches (rotator.prefetch).
     current = CurrentVersions(runtime, targets) if force and not dry_run and len(targets) > 1 else None
+    tokens = TokenLists(runtime, targets) if not dry_run and len(targets) > 1 else None
 
     def one(target: TargetSettings) -> Outcome:
-        outcome = run_target(runtime, target, force=force, dry_run=dry_run, current=current)
+        outcome = run_target(runtime, target, force=force, dry_run=dry_run, current=current, tokens=tokens)
         if on_outcome is not None:
             on_outcome(outcome)
         return outcome

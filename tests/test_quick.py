@@ -162,6 +162,8 @@ def test_a_forced_batch_reads_current_versions_twenty_per_call(stack: Stack) -> 
     outcomes = rotate_targets(runtime, runtime.config.targets, force=True, concurrency=4)
     assert all(o.ok and o.result == "rotated" for o in outcomes), outcomes
     assert calls == Counter(BatchGetSecretValue=2, PutSecretValue=25, UpdateSecretVersionStage=50), calls
+    # one client: its token list is shared by its targets (for TOKEN_LIST_MAX_AGE seconds each)
+    assert stack.emulator.calls("list_client_tokens") <= 3
     for target in runtime.config.targets:
         stack.assert_converged(target.name)
 
@@ -181,3 +183,24 @@ def test_a_denied_batch_read_falls_back_to_one_read_per_target(stack: Stack) -> 
     outcomes = rotate_targets(runtime, runtime.config.targets, force=True, concurrency=1)
     assert all(o.ok and o.result == "rotated" for o in outcomes), outcomes
     assert calls["GetSecretValue"] == 3 and calls["PutSecretValue"] == 3, calls
+
+
+def test_token_lists_are_shared_per_client_for_a_few_seconds_and_then_dropped() -> None:
+    from types import SimpleNamespace
+
+    from rotator.prefetch import TOKEN_LIST_MAX_AGE, TokenLists
+
+    listed: list[str] = []
+    funnelback = SimpleNamespace(list_client_tokens=lambda client: listed.append(client) or [client])
+    targets = [SimpleNamespace(client_id=c) for c in ("a", "a", "a", "b")]
+    now = [0.0]
+    lists = TokenLists(SimpleNamespace(funnelback=funnelback), targets, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert lists.list_client_tokens("a") == ["a"] and lists.list_client_tokens("a") == ["a"]
+    assert listed == ["a"]
+    now[0] += TOKEN_LIST_MAX_AGE + 0.1
+    lists.list_client_tokens("a")           # too old to share: listed again
+    lists.list_client_tokens("b")
+    assert listed == ["a", "a", "b"]
+    assert lists._lists == {}               # every target had its list: none kept
+    lists.list_client_tokens("a")           # a client not in the run (or asked once more): not cached
+    assert listed == ["a", "a", "b", "a"]

@@ -22,6 +22,17 @@ def test_scrub_replaces_registered_values_anywhere_in_text() -> None:
     assert scrub(text) == f"a{REDACTED}b {REDACTED}c"
 
 
+def test_scrub_finds_values_among_few_and_among_many_of_one_length() -> None:
+    # Few values of a length are searched for one by one, many by hashing the text's windows.
+    few = [Secret(secrets.token_urlsafe(33)) for _ in range(2)]
+    text = f"<{few[1].reveal()}>"
+    assert scrub(text) == f"<{REDACTED}>"
+    many = [Secret(secrets.token_urlsafe(36)) for _ in range(200)]
+    text = f"x {many[123].reveal()} y {many[7].reveal()}"
+    assert scrub(text) == f"x {REDACTED} y {REDACTED}"
+    del few, many
+
+
 def test_collected_secrets_are_forgotten() -> None:
     value = secrets.token_urlsafe(30)
     Secret(value)
