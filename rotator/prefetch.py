@@ -118,12 +118,19 @@ class TokenLists:
         if entry is None:
             return self._runtime.funnelback.list_client_tokens(client)
         with entry.lock:
-            if entry.tokens is None or self._clock() - entry.read_at > TOKEN_LIST_MAX_AGE:
-                entry.tokens = self._runtime.funnelback.list_client_tokens(client)
-                entry.read_at = self._clock()
-            tokens = entry.tokens
             entry.users_left -= 1
+            if entry.tokens is None or self._clock() - entry.read_at > TOKEN_LIST_MAX_AGE:
+                try:
+                    entry.tokens = self._runtime.funnelback.list_client_tokens(client)
+                    entry.read_at = self._clock()
+                except RotatorError:
+                    entry.tokens = None
+            tokens = entry.tokens
         if entry.users_left <= 0:
             with self._lock:   # its last target has it: a run over thousands of clients keeps none
                 self._lists.pop(client, None)
+        if tokens is None:
+            # Sharing is an optimisation: a shared read that failed (its retries spent on one target's
+            # behalf) must not cost this target more than a read of its own would.
+            return self._runtime.funnelback.list_client_tokens(client)
         return tokens

@@ -204,3 +204,22 @@ def test_token_lists_are_shared_per_client_for_a_few_seconds_and_then_dropped() 
     assert lists._lists == {}               # every target had its list: none kept
     lists.list_client_tokens("a")           # a client not in the run (or asked once more): not cached
     assert listed == ["a", "a", "b", "a"]
+
+
+def test_a_shared_token_list_that_fails_is_read_again_by_the_target_that_needed_it() -> None:
+    from types import SimpleNamespace
+
+    from rotator.errors import FunnelbackTransientError
+    from rotator.prefetch import TokenLists
+
+    failures = [FunnelbackTransientError("rate limited (gave up after 4 attempts)")]
+
+    def list_client_tokens(client: str) -> list[str]:
+        if failures:
+            raise failures.pop()
+        return [client]
+
+    lists = TokenLists(SimpleNamespace(funnelback=SimpleNamespace(list_client_tokens=list_client_tokens)),  # type: ignore[arg-type]
+                       [SimpleNamespace(client_id="a")] * 2)  # type: ignore[list-item]
+    assert lists.list_client_tokens("a") == ["a"]   # its own read, with its own retries
+    assert lists.list_client_tokens("a") == ["a"]
