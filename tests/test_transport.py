@@ -96,9 +96,12 @@ def test_an_unknown_certificate_is_refused_before_anything_is_sent(tls_server: t
     assert (answer.reason, answer.never_sent, answer.retryable) == ("TLS handshake failed", True, False)
 
 
-def test_verification_can_be_turned_off(tls_server: tuple[str, Path]) -> None:
+def test_verification_can_be_turned_off_and_says_so(tls_server: tuple[str, Path]) -> None:
+    import urllib3.exceptions
+
     base, _ = tls_server
-    answer = _get(base, "/account/v1/current-user", verify_tls=False, ca_cert=None)
+    with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+        answer = _get(base, "/account/v1/current-user", verify_tls=False, ca_cert=None)
     assert isinstance(answer, Response) and answer.status == 200
 
 
