@@ -519,6 +519,9 @@ def memory_runtime(config: Any, targets: list[Target], clock: Any = None) -> Any
         def destination(self, options: Any, *, target: str) -> Any:
             return destinations[options["secret_id"]]
 
+        def read_currents(self, destinations: Any) -> dict[str, Any]:
+            return {}     # no batch reads: each target reads its own (rotator.backends.base.Backend)
+
         def close(self) -> None:
             pass
 
