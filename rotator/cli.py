@@ -151,7 +151,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     config = _load(args)
     targets = _select(config, args)
     concurrency = args.concurrency or config.service.concurrency
-    with Runtime(config) as runtime:
+    with Runtime(config, workers=concurrency) as runtime:
         runtime.prepare(targets)
         process.startup_done()
         outcomes = rotate_targets(runtime, targets, force=not args.due, dry_run=args.dry_run,

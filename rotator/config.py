@@ -94,7 +94,7 @@ class FunnelbackSettings:
     verify_tls: bool = True
     ca_cert: str | None = None
     max_requests_per_second: float | None = None
-    max_concurrency: int = 16
+    max_concurrency: int | None = None   # None: 16, or more if the run has more workers (FunnelbackClient)
 
     def resolve_token(self) -> Secret | None:
         return resolve_reference(self.token_env, self.token_file, what="funnelback.token")

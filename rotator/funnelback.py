@@ -75,6 +75,7 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _MAX_BODY: Final = 8 * 1024 * 1024       # a token list larger than this is not a Funnelback answer
 _MAX_ERROR_BODY: Final = 64 * 1024       # enough for {"errors": [...]}, bounded against HTML error pages
 _MAX_MESSAGE: Final = 200
+DEFAULT_MAX_CONCURRENCY: Final = 16    # calls in flight to the host when max_concurrency is not set
 
 
 # --- Results ------------------------------------------------------------------------------------
@@ -133,9 +134,11 @@ class _Form:
 class FunnelbackClient:
     """Thread-safe client of one Funnelback admin API (one host)."""
 
-    def __init__(self, settings: FunnelbackSettings, *, pool: Any = None) -> None:
-        """`pool`: a urllib3 PoolManager to send through instead of the one built from `settings`
-        (fault injection in tests)."""
+    def __init__(self, settings: FunnelbackSettings, *, workers: int = 1, pool: Any = None) -> None:
+        """`workers`: how many threads will share the client; unless `max_concurrency` is set, that
+        many calls may be in flight (at least DEFAULT_MAX_CONCURRENCY): a cap below the run's own
+        concurrency would only make `--concurrency` mean less than it says. `pool`: a urllib3
+        PoolManager to send through instead of the one built from `settings` (fault injection)."""
         self._settings = settings
         self._api = settings.api
         self._base = settings.url.rstrip("/")
@@ -144,9 +147,10 @@ class FunnelbackClient:
         self._backoff_max = float(settings.backoff_max)
         self._limiter = (TokenBucket(settings.max_requests_per_second, burst=1.0)
                          if settings.max_requests_per_second else None)
-        self._inflight = ConcurrencyLimit(max(1, int(settings.max_concurrency)))
+        in_flight = settings.max_concurrency or max(DEFAULT_MAX_CONCURRENCY, workers)
+        self._inflight = ConcurrencyLimit(max(1, in_flight))
         self._transport = Transport(self._base, verify_tls=settings.verify_tls, ca_cert=settings.ca_cert,
-                                    pool_size=int(settings.max_concurrency),
+                                    pool_size=in_flight,
                                     connect_timeout=float(settings.connect_timeout),
                                     read_timeout=float(settings.timeout), pool=pool)
         self._sleep = time.sleep

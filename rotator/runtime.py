@@ -27,9 +27,11 @@ Clock = Callable[[], datetime]
 class Runtime:
     """Lazily built, thread-safe clients: one Funnelback client, one client per backend in use."""
 
-    def __init__(self, config: Config, *, clock: Clock = utcnow) -> None:
+    def __init__(self, config: Config, *, clock: Clock = utcnow, workers: int | None = None) -> None:
+        """`workers`: the threads that will share these clients (default `[service] concurrency`)."""
         self.config = config
         self.clock = clock
+        self.workers = workers or config.service.concurrency
         self._lock = threading.Lock()
         self._funnelback: Any = None
         self._backends: dict[str, Any] = {}
@@ -39,7 +41,7 @@ class Runtime:
         with self._lock:
             if self._funnelback is None:
                 from rotator.funnelback import FunnelbackClient
-                self._funnelback = FunnelbackClient(self.config.funnelback)
+                self._funnelback = FunnelbackClient(self.config.funnelback, workers=self.workers)
             return self._funnelback
 
     def backend(self, name: str) -> Any:

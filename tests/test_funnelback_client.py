@@ -738,6 +738,22 @@ def test_concurrency_cap_holds_at_the_server(make_client: Any, emu: FunnelbackEm
     assert 1 <= emu.max_in_flight <= 3
 
 
+def test_without_a_cap_the_run_s_workers_may_all_be_in_flight(emu: FunnelbackEmulator) -> None:
+    # `--concurrency 32` means 32 calls in flight unless max_concurrency says fewer.
+    client = FunnelbackClient(settings(emu.url), workers=24)
+    emu.delay_all_seconds = 0.2
+    threads = [threading.Thread(target=client.whoami) for _ in range(24)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        client.close()
+    assert emu.calls("current_user") == 24
+    assert emu.max_in_flight > 16
+
+
 def test_many_threads_share_one_client(client: FunnelbackClient, emu: FunnelbackEmulator) -> None:
     emu.add_token(CLIENT, "src", roles=["client~primary"])
     results: list[NewToken] = []
