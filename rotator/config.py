@@ -143,7 +143,7 @@ TOP_LEVEL_KEYS = frozenset({"funnelback", "service", "defaults", "backends", "ta
 FUNNELBACK_KEYS = frozenset({"url", "api", "token_env", "token_file", "username", "password_env", "password_file",
                              "timeout", "connect_timeout", "retries", "backoff_base", "backoff_max", "verify_tls",
                              "ca_cert", "max_requests_per_second", "max_concurrency"})
-SERVICE_KEYS = frozenset({"listen", "concurrency", "preflight_interval"})
+SERVICE_KEYS = frozenset({"listen", "concurrency", "preflight_interval", "poll_interval"})
 NOTIFY_KEYS = frozenset({"url", "url_env", "url_file", "format", "on", "timeout"})
 VAULT_AUTH_KEYS = {
     "token": frozenset({"method", "token_env", "token_file"}),
@@ -216,6 +216,7 @@ class ServiceSettings:
     listen: str = "0.0.0.0:9464"
     concurrency: int = 4
     preflight_interval: float = 300.0
+    poll_interval: float = 60.0       # the longest a target's stored state goes unread (rotator.daemon)
 
 
 @dataclass(frozen=True)
@@ -451,9 +452,9 @@ class _Parser:
         if "concurrency" in table:
             values["concurrency"] = int(self.number("service.concurrency", table["concurrency"], minimum=1,
                                                     integer=True))
-        if "preflight_interval" in table:
-            values["preflight_interval"] = self.duration("service.preflight_interval",
-                                                         table["preflight_interval"], minimum=1)
+        for key in ("preflight_interval", "poll_interval"):
+            if key in table:
+                values[key] = self.duration(f"service.{key}", table[key], minimum=1)
         return ServiceSettings(**values)
 
     def backends(self, table: dict[str, Any]) -> dict[str, BackendSettings]:

@@ -13,8 +13,12 @@ on a bounded worker pool (``[service] concurrency``). A job's tick holds no memo
    forward to the precise moment something becomes due (next rotation, next revocation, lease
    expiry), all re-derived from the stored state after a restart.
 
-Between those moments the job polls every ``clamp(interval / 10, 1 s, 60 s)`` (60 s for a cron
-``schedule``), which notices other writers (another replica, a CronJob, a manual rotation).
+Between those moments the job polls every ``clamp(interval / 10, 1 s, poll_interval)``
+(``poll_interval`` for a cron ``schedule``; ``[service] poll_interval`` defaults to 60 s), which
+notices other writers (another replica, a CronJob, a manual rotation). Each poll of an AWS target is
+three reads (describe, current value, journal), so a provider with thousands of targets sets
+``poll_interval`` to minutes: nothing the daemon itself expects (a due time, a revocation after its
+grace period, another process's lease running out) waits for a poll.
 A target whose run fails is retried with exponential backoff (poll period doubling, capped at 5 min).
 
 Several replicas, and `rotate --due` CronJobs, may run side by side: the target's lease lets one
@@ -57,18 +61,18 @@ from rotator.runtime import Runtime, run_target
 log = get_logger("rotator.daemon")
 
 SHUTDOWN_WAIT = 20.0          # seconds runs in flight may take after SIGTERM (Kubernetes allows 30)
-MAX_POLL = 60.0
 MIN_POLL = 1.0
 MAX_BACKOFF = 300.0
 PREFLIGHT_RETRY = 15.0        # seconds between preflights while they fail
 LEASE_MARGIN = 0.25           # look again this long after another process's lease expires
 
 
-def poll_period(target: TargetSettings) -> float:
-    """How often a target's stored state is read when nothing is expected sooner."""
+def poll_period(target: TargetSettings, longest: float) -> float:
+    """How often a target's stored state is read when nothing is expected sooner (`longest`:
+    `[service] poll_interval`)."""
     if target.schedule:
-        return MAX_POLL
-    return max(MIN_POLL, min(target.interval / 10.0, MAX_POLL))
+        return longest
+    return max(MIN_POLL, min(target.interval / 10.0, longest))
 
 
 def run_daemon(args: Any) -> int:
@@ -275,7 +279,8 @@ class Daemon:
     def _add_job(self, target: TargetSettings, *, first_run: datetime | None = None) -> None:
         from apscheduler.triggers.interval import IntervalTrigger
 
-        self.scheduler.add_job(self._tick, trigger=IntervalTrigger(seconds=poll_period(target), timezone=timezone.utc),
+        period = poll_period(target, self.config.service.poll_interval)
+        self.scheduler.add_job(self._tick, trigger=IntervalTrigger(seconds=period, timezone=timezone.utc),
                                args=(target.name,), id=target.name, name=f"rotate {target.name}",
                                replace_existing=True, next_run_time=first_run or _utcnow())
 
@@ -339,7 +344,8 @@ class Daemon:
                                        for n, t in outcome.revocations_pending] or None)
             return
         state.failures += 1
-        delay = min(poll_period(target) * 2 ** (state.failures - 1), max(MAX_BACKOFF, poll_period(target)))
+        period = poll_period(target, self.config.service.poll_interval)
+        delay = min(period * 2 ** (state.failures - 1), max(MAX_BACKOFF, period))
         state.retry_at = now + timedelta(seconds=delay)
         log.error("run_failed", target=target.name, error=outcome.error, failures=state.failures,
                   retry_at=iso(state.retry_at))

@@ -47,6 +47,19 @@ def test_minimal_config_loads_with_defaults() -> None:
     assert config.backend_types_in_use() == {"aws-secrets-manager", "vault"}
 
 
+def test_service_poll_interval() -> None:
+    from rotator.daemon import poll_period
+
+    assert parse_config(BASE, "rotation.toml").service.poll_interval == 60
+    config = parse_config(BASE + '\n[service]\npoll_interval = "15m"\n', "rotation.toml")
+    assert config.service.poll_interval == 900
+    # the poll is interval / 10, at most poll_interval, at least 1 s
+    assert poll_period(config.target("web"), config.service.poll_interval) == 900
+    assert poll_period(config.target("web"), 60) == 60
+    with pytest.raises(ConfigError, match="service.poll_interval"):
+        parse_config(BASE + '\n[service]\npoll_interval = "soon"\n', "rotation.toml")
+
+
 def test_example_config_is_valid() -> None:
     config = load_config("rotation.example.toml")
     assert config.targets[0].name == "search-frontend"
