@@ -26,6 +26,7 @@ Standard library only: the demo must not need test dependencies.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -599,6 +600,8 @@ class FunnelbackEmulator:
         self._counters: dict[str, int] = {}
         self._in_flight_now = 0
         self._max_in_flight = 0
+        # arrival times of admin-API requests (monotonic), to measure a client's rate limit
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=100_000)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -710,9 +713,21 @@ class FunnelbackEmulator:
         with self._stats_lock:
             return self._max_in_flight
 
+    def max_requests_within(self, seconds: float) -> int:
+        """The most admin-API requests that arrived within any `seconds`-long window."""
+        with self._stats_lock:
+            arrivals = list(self._arrivals)
+        most, first = 0, 0
+        for last, arrived in enumerate(arrivals):
+            while arrived - arrivals[first] > seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def reset_counters(self) -> None:
         with self._stats_lock:
             self._counters.clear()
+            self._arrivals.clear()
             self._max_in_flight = self._in_flight_now
 
     # --- internals used by the handler ----------------------------------------------------------
@@ -731,6 +746,7 @@ class FunnelbackEmulator:
     def _in_flight(self, key: str) -> Iterator[None]:
         with self._stats_lock:
             self._counters[key] = self._counters.get(key, 0) + 1
+            self._arrivals.append(time.monotonic())
             self._in_flight_now += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight_now)
         try:
@@ -756,6 +772,7 @@ class FunnelbackEmulator:
         with self._stats_lock:
             view.update(counters=dict(self._counters), inFlight=self._in_flight_now,
                         maxInFlight=self._max_in_flight)
+        view.update(maxPerSecond=self.max_requests_within(1.0))
         view.update(delayAllSeconds=self.delay_all_seconds,
                     faults=[f.to_json() for f in self.faults.list()])
         return view
