@@ -85,9 +85,9 @@ class Transport:
             del exc
             return failure
         except ValueError:
-            # http.client refuses a header value with a line break; its message quotes the value.
-            return Failure("the request could not be sent (a header value is not valid)", never_sent=True,
-                           retryable=False)
+            # e.g. http.client refusing a header value with a line break: its message quotes the value.
+            # Where it was raised is unknown, so the request counts as possibly sent.
+            return Failure("the exchange failed (an invalid header value?)", never_sent=False, retryable=False)
 
     def close(self) -> None:
         if self._origin_length:
