@@ -102,7 +102,8 @@ def idle_daemon(args: argparse.Namespace, workdir: Path, count: int) -> dict[str
         result["seed_seconds"] = round(time.perf_counter() - begin, 1)
         config = write_config(workdir / "daemon.toml", fb_url=emulator.url, moto_url=moto.url, targets=targets,
                               interval="30d", grace="15m",
-                              extra_service=f'listen = "127.0.0.1:{free_port()}"')
+                              extra_service=f'listen = "127.0.0.1:{free_port()}"\n'
+                                            f'poll_interval = "{args.poll_interval:g}s"')
         emulator.reset_counters()
         err = open(workdir / "daemon.stderr", "wb")  # noqa: SIM115 - closed in the finally below
         env = rotator_env({"BENCH_AWS_COUNTS_FILE": str(counts_file), "PYTHONPATH": f"{sitedir}{os.pathsep}{REPO}"})
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon-seconds", type=float, default=90.0,
                         help="how long each daemon is sampled (default 90: the start-up look at every target "
                              "and one 60 s poll round)")
+    parser.add_argument("--poll-interval", type=float, default=60.0,
+                        help="the daemons' [service] poll_interval in seconds (default 60, rotator's default)")
     parser.add_argument("--skip-daemon", action="store_true")
     parser.add_argument("--store", choices=("aws", "memory", "both", "none"), default="both")
     parser.add_argument("--rotations", type=int, default=2000, help="rotations into moto (default 2000)")
