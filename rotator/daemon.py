@@ -19,7 +19,8 @@ notices other writers (another replica, a CronJob, a manual rotation). Each poll
 three reads (describe, current value, journal), so a provider with thousands of targets sets
 ``poll_interval`` to minutes: nothing the daemon itself expects (a due time, a revocation after its
 grace period, another process's lease running out) waits for a poll.
-A target whose run fails is retried with exponential backoff (poll period doubling, capped at 5 min).
+A target whose run fails is retried with exponential backoff (from its poll period, at most 60 s
+whatever ``poll_interval`` says, doubling, capped at 5 min).
 
 Several replicas, and `rotate --due` CronJobs, may run side by side: the target's lease lets one
 rotate at a time, and a tick that finds the lease live leaves the target alone. ``--shard I/N``
@@ -63,6 +64,7 @@ log = get_logger("rotator.daemon")
 SHUTDOWN_WAIT = 20.0          # seconds runs in flight may take after SIGTERM (Kubernetes allows 30)
 MIN_POLL = 1.0
 MAX_BACKOFF = 300.0
+FIRST_RETRY_MAX = 60.0        # a failed run's first retry comes after its poll period, at most this
 PREFLIGHT_RETRY = 15.0        # seconds between preflights while they fail
 LEASE_MARGIN = 0.25           # look again this long after another process's lease expires
 
@@ -344,8 +346,9 @@ class Daemon:
                                        for n, t in outcome.revocations_pending] or None)
             return
         state.failures += 1
-        period = poll_period(target, self.config.service.poll_interval)
-        delay = min(period * 2 ** (state.failures - 1), max(MAX_BACKOFF, period))
+        # Retries do not wait for a long poll_interval: they start from the poll period at most 60 s.
+        period = poll_period(target, FIRST_RETRY_MAX)
+        delay = min(period * 2 ** (state.failures - 1), MAX_BACKOFF)
         state.retry_at = now + timedelta(seconds=delay)
         log.error("run_failed", target=target.name, error=outcome.error, failures=state.failures,
                   retry_at=iso(state.retry_at))
